@@ -1,0 +1,572 @@
+"""Building blocks shared by every family: norms, activations, linear/conv layers, attention,
+feed-forward, resnet blocks, up/down sampling and timestep embeddings.
+
+Each block carries diffusers' submodule names (``to_q``, ``to_out.0``, ``net.0.proj``, ``norm1`` ...)
+so that a checkpoint's keys load without renaming. Everything here compiles in GRAPH_MODE:
+shapes are read from ``x.shape`` (static at export time) and all Python control flow depends
+only on construction-time constants.
+
+Numerics: norms, softmax and timestep embeddings are computed in float32 whatever the compute
+dtype is (mindone upcasts the same places for SVD and I2VGen-XL), then cast back.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+
+FP32 = ms.float32
+
+
+# ----------------------------------------------------------------------------- activations
+def silu(x):
+    return x * ops.sigmoid(x)
+
+
+def erf(x):
+    """erf from elementwise ops (Abramowitz-Stegun 7.1.26, |error| < 1.5e-7). MindSpore 2.7.1's
+    CPU Erf kernel is ~8x slower than torch's and does not fuse; this form fuses under
+    graph-kernel fusion and is faster than the kernel even without it."""
+    a = ops.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    return ops.sign(x) * (1.0 - poly * ops.exp(-(a * a)))
+
+
+def gelu(x, approximate: str = "none"):
+    # exact (erf) GELU as torch.nn.functional.gelu; "tanh" for gelu-approximate
+    if approximate == "tanh":
+        return 0.5 * x * (1.0 + ops.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+    dtype = x.dtype
+    h = x.astype(FP32)
+    return (0.5 * h * (1.0 + erf(h * 0.7071067811865476))).astype(dtype)
+
+
+def quick_gelu(x):
+    return x * ops.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {
+    "silu": silu,
+    "swish": silu,
+    "gelu": gelu,
+    "gelu_pytorch_tanh": lambda x: gelu(x, "tanh"),
+    "quick_gelu": quick_gelu,
+    "relu": ops.relu,
+}
+
+
+def get_activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+# ----------------------------------------------------------------------------- norms
+def _row_stats(h, n: int, eps: float):
+    """h: [M, n] float32 -> (h - mean) * rsqrt(var + eps), per row. The means are matmuls with a
+    1/n column: MindSpore's CPU reduction kernels are several times slower than its matmul, and
+    the elementwise rest fuses under graph-kernel fusion. Two passes (mean, then the mean of the
+    centred squares) keep the variance as accurate as torch's."""
+    col = ops.ones((n, 1), FP32) * (1.0 / n)
+    h = h - ops.matmul(h, col)
+    var = ops.matmul(h * h, col)
+    return h * ops.rsqrt(var + eps)
+
+
+class GroupNorm(nn.Cell):
+    """torch.nn.GroupNorm over [N, C, *spatial]; statistics in float32."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True):
+        super().__init__()
+        if num_channels % num_groups:
+            raise ValueError(f"GroupNorm: {num_channels} channels do not split into {num_groups} groups")
+        self.num_groups = num_groups
+        self.num_channels = num_channels
+        self.eps = eps
+        self.affine = affine
+        if affine:
+            self.weight = Parameter(Tensor(np.ones(num_channels, np.float32)), name="weight")
+            self.bias = Parameter(Tensor(np.zeros(num_channels, np.float32)), name="bias")
+
+    def construct(self, x):
+        shape = x.shape
+        dtype = x.dtype
+        n = 1
+        for s in shape[1:]:
+            n *= s
+        n = n // self.num_groups
+        # [N, C, *spatial] -> [N*groups, C/groups*spatial]
+        h = _row_stats(x.reshape(shape[0] * self.num_groups, n).astype(FP32), n, self.eps)
+        h = h.reshape(shape)
+        if self.affine:
+            bshape = (1, self.num_channels) + (1,) * (len(shape) - 2)
+            h = h * self.weight.astype(FP32).reshape(bshape) + self.bias.astype(FP32).reshape(bshape)
+        return h.astype(dtype)
+
+
+class LayerNorm(nn.Cell):
+    """torch.nn.LayerNorm over the last dimension; statistics in float32."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        self.has_bias = bias and elementwise_affine
+        if elementwise_affine:
+            self.weight = Parameter(Tensor(np.ones(dim, np.float32)), name="weight")
+        if self.has_bias:
+            self.bias = Parameter(Tensor(np.zeros(dim, np.float32)), name="bias")
+
+    def construct(self, x):
+        dtype = x.dtype
+        shape = x.shape
+        d = shape[-1]
+        h = _row_stats(x.reshape(-1, d).astype(FP32), d, self.eps).reshape(shape)  # [..., d]
+        if self.elementwise_affine:
+            h = h * self.weight.astype(FP32)
+        if self.has_bias:
+            h = h + self.bias.astype(FP32)
+        return h.astype(dtype)
+
+
+class RMSNorm(nn.Cell):
+    """T5 / diffusers RMSNorm over the last dimension (no mean subtraction)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        if elementwise_affine:
+            self.weight = Parameter(Tensor(np.ones(dim, np.float32)), name="weight")
+
+    def construct(self, x):
+        dtype = x.dtype
+        h = x.astype(FP32)
+        h = h * ops.rsqrt((h * h).mean(-1, keep_dims=True) + self.eps)
+        if self.elementwise_affine:
+            h = h * self.weight.astype(FP32)
+        return h.astype(dtype)
+
+
+# ----------------------------------------------------------------------------- linear / conv
+class Linear(nn.Cell):
+    """torch.nn.Linear: weight [out, in], optional bias; works on any leading shape."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = Parameter(
+            Tensor(np.random.uniform(-bound, bound, (out_features, in_features)).astype(np.float32)), name="weight"
+        )
+        self.has_bias = bias
+        if bias:
+            self.bias = Parameter(Tensor(np.zeros(out_features, np.float32)), name="bias")
+        # x @ weight^T without materialising weight.T: in GRAPH_MODE ``weight.T`` is a Transpose
+        # of the whole weight on every call (7x slower for a 1280x10240 layer at 32 rows)
+        self.matmul_nt = ops.MatMul(transpose_b=True)
+
+    def construct(self, x):
+        # x: [..., in] -> [..., out]
+        lead = x.shape[:-1]
+        h = self.matmul_nt(x.reshape(-1, self.in_features), self.weight)
+        if self.has_bias:
+            h = h + self.bias
+        return h.reshape(lead + (self.out_features,))
+
+
+def _tuple(v, n):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+
+
+class _ConvNd(nn.Cell):
+    """torch.nn.Conv{2,3}d with zero padding; weight [out, in, *kernel], torch's default init."""
+
+    def __init__(self, rank, in_channels, out_channels, kernel_size, stride, padding, bias):
+        super().__init__()
+        k = _tuple(kernel_size, rank)
+        self.stride = _tuple(stride, rank)
+        p = _tuple(padding, rank)
+        self.padding = p  # symmetric, per spatial dim
+        fan_in = in_channels * int(np.prod(k))
+        bound = 1.0 / math.sqrt(fan_in)
+        self.weight = Parameter(
+            Tensor(np.random.uniform(-bound, bound, (out_channels, in_channels) + k).astype(np.float32)), name="weight"
+        )
+        self.has_bias = bias
+        self.bias = Parameter(Tensor(np.zeros(out_channels, np.float32)), name="bias") if bias else None
+
+
+class Conv2d(_ConvNd):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        super().__init__(2, in_channels, out_channels, kernel_size, stride, padding, bias)
+
+    def construct(self, x):
+        # x: [N, C, H, W]
+        return ops.conv2d(x, self.weight, self.bias, self.stride, "pad", self.padding)
+
+
+class Conv3d(_ConvNd):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        super().__init__(3, in_channels, out_channels, kernel_size, stride, padding, bias)
+        k = tuple(self.weight.shape[2:])
+        # a kernel over time only (UNet3D's temporal convs, (3, 1, 1)) runs as a Conv2d over
+        # [N, C, T, H*W]: MindSpore's CPU Conv2d is 1.5x (320 channels) to 4x (1280) faster than its
+        # Conv3d at the same work, and the result is the same up to summation order
+        self.temporal_only = k[1:] == (1, 1) and self.stride[1:] == (1, 1) and self.padding[1:] == (0, 0)
+
+    def construct(self, x):
+        # x: [N, C, T, H, W]
+        if self.temporal_only:
+            n, c, t, h, w = x.shape
+            weight = self.weight.reshape(self.weight.shape[:3] + (1,))
+            y = ops.conv2d(x.reshape(n, c, t, h * w), weight, self.bias, (self.stride[0], 1), "pad",
+                           (self.padding[0], 0))
+            return y.reshape(n, y.shape[1], y.shape[2], h, w)
+        return ops.conv3d(x, self.weight, self.bias, self.stride, "pad", self.padding)
+
+
+def parameters_by_name(cell: nn.Cell) -> dict:
+    """Checkpoint-style names (``down_blocks.0.resnets.1.conv1.weight``) -> Parameter."""
+    return dict(cell.parameters_and_names())
+
+
+# ----------------------------------------------------------------------------- attention
+def scaled_dot_product_attention(q, k, v, heads: int, mask=None, scale: float | None = None):
+    """q: [B, Nq, heads*d], k/v: [B, Nk, heads*d] -> [B, Nq, heads*d].
+
+    Runs as 3-D batched matmuls over B*heads with the softmax in float32. ``mask`` is an
+    additive bias broadcastable to [B, heads, Nq, Nk] (or None). ``scale`` multiplies the
+    query (None: d ** -0.5; T5 uses 1.0)."""
+    b, nq, inner = q.shape
+    nk = k.shape[1]
+    d = inner // heads
+    dtype = q.dtype
+    # [B, N, heads, d] -> [B*heads, N, d]
+    q = q.reshape(b, nq, heads, d).transpose(0, 2, 1, 3).reshape(b * heads, nq, d)
+    k = k.reshape(b, nk, heads, d).transpose(0, 2, 1, 3).reshape(b * heads, nk, d)
+    v = v.reshape(b, nk, heads, d).transpose(0, 2, 1, 3).reshape(b * heads, nk, d)
+    if scale is None:
+        scale = d ** -0.5
+    if scale != 1.0:
+        q = q * scale
+    scores = ops.bmm(q, k.transpose(0, 2, 1)).astype(FP32)  # [B*heads, Nq, Nk]
+    if mask is not None:
+        scores = (scores.reshape(b, heads, nq, nk) + mask.astype(FP32)).reshape(b * heads, nq, nk)
+    probs = ops.softmax(scores, -1).astype(dtype)
+    out = ops.bmm(probs, v)  # [B*heads, Nq, d]
+    return out.reshape(b, heads, nq, d).transpose(0, 2, 1, 3).reshape(b, nq, inner)
+
+
+class Attention(nn.Cell):
+    """diffusers ``Attention`` with the default processor: to_q/to_k/to_v, to_out.0,
+    optional group norm on the input and residual connection (the VAE mid-block form)."""
+
+    def __init__(
+        self,
+        query_dim: int,
+        cross_attention_dim: int | None = None,
+        heads: int = 8,
+        dim_head: int = 64,
+        bias: bool = False,
+        out_bias: bool = True,
+        norm_num_groups: int | None = None,
+        eps: float = 1e-5,
+        residual_connection: bool = False,
+        rescale_output_factor: float = 1.0,
+        out_dim: int | None = None,
+    ):
+        super().__init__()
+        inner = out_dim if out_dim is not None else heads * dim_head
+        self.heads = out_dim // dim_head if out_dim is not None else heads
+        kv_dim = cross_attention_dim if cross_attention_dim is not None else query_dim
+        self.group_norm = GroupNorm(norm_num_groups, query_dim, eps=eps) if norm_num_groups else None
+        self.to_q = Linear(query_dim, inner, bias=bias)
+        self.to_k = Linear(kv_dim, inner, bias=bias)
+        self.to_v = Linear(kv_dim, inner, bias=bias)
+        self.to_out = nn.CellList([Linear(inner, out_dim if out_dim is not None else query_dim, bias=out_bias)])
+        self.residual_connection = residual_connection
+        self.rescale_output_factor = rescale_output_factor
+
+    def construct(self, hidden_states, encoder_hidden_states=None):
+        residual = hidden_states
+        in_shape = hidden_states.shape
+        spatial = len(in_shape) == 4
+        if spatial:
+            # [B, C, H, W] -> [B, C, H*W]
+            hidden_states = hidden_states.reshape(in_shape[0], in_shape[1], -1)
+            if self.group_norm is not None:
+                hidden_states = self.group_norm(hidden_states)
+            hidden_states = hidden_states.transpose(0, 2, 1)  # [B, H*W, C]
+        elif self.group_norm is not None:
+            hidden_states = self.group_norm(hidden_states.transpose(0, 2, 1)).transpose(0, 2, 1)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if context.shape[1] == 1 and len(hidden_states.shape) == 3:
+            # one key (SVD's image embedding): softmax over one score is exactly 1, so every query
+            # gets v; to_q, to_k and the score matmuls drop out and to_out runs once per batch row.
+            # context: [B, 1, D] -> out [B, 1, C] -> broadcast to [B, N, C]
+            b, nq = hidden_states.shape[0], hidden_states.shape[1]
+            out = self.to_out[0](self.to_v(context))
+            out = ops.broadcast_to(out, (b, nq, out.shape[-1]))
+        else:
+            out = scaled_dot_product_attention(
+                self.to_q(hidden_states), self.to_k(context), self.to_v(context), self.heads
+            )
+            out = self.to_out[0](out)
+        if spatial:
+            out = out.transpose(0, 2, 1).reshape(in_shape)
+        if self.residual_connection:
+            out = out + residual
+        if self.rescale_output_factor != 1.0:
+            out = out / self.rescale_output_factor
+        return out
+
+
+# ----------------------------------------------------------------------------- feed-forward
+class GELUProj(nn.Cell):
+    """diffusers GELU / GEGLU: ``proj`` then (gated) GELU."""
+
+    def __init__(self, dim_in: int, dim_out: int, gated: bool, approximate: str = "none", bias: bool = True):
+        super().__init__()
+        self.gated = gated
+        self.approximate = approximate
+        self.proj = Linear(dim_in, dim_out * 2 if gated else dim_out, bias=bias)
+
+    def construct(self, x):
+        h = self.proj(x)
+        if self.gated:
+            h, gate = ops.chunk(h, 2, -1)
+            return h * gelu(gate, self.approximate)
+        return gelu(h, self.approximate)
+
+
+class Identity(nn.Cell):
+    def construct(self, x):
+        return x
+
+
+class FeedForward(nn.Cell):
+    """diffusers FeedForward: net.0 (activation projection), net.1 dropout, net.2 Linear."""
+
+    _ACTS = {
+        "geglu": (True, "none"),
+        "geglu-approximate": (True, "tanh"),
+        "gelu": (False, "none"),
+        "gelu-approximate": (False, "tanh"),
+    }
+
+    def __init__(self, dim: int, dim_out: int | None = None, mult: int = 4, activation_fn: str = "geglu",
+                 inner_dim: int | None = None, bias: bool = True):
+        super().__init__()
+        if activation_fn not in self._ACTS:
+            raise ValueError(f"unsupported feed-forward activation {activation_fn!r}; supported: {sorted(self._ACTS)}")
+        inner = inner_dim if inner_dim is not None else int(dim * mult)
+        gated, approx = self._ACTS[activation_fn]
+        self.net = nn.CellList([
+            GELUProj(dim, inner, gated, approx, bias=bias),
+            Identity(),
+            Linear(inner, dim_out if dim_out is not None else dim, bias=bias),
+        ])
+
+    def construct(self, x):
+        return self.net[2](self.net[0](x))
+
+
+# ----------------------------------------------------------------------------- resnets, sampling
+class ResnetBlock2D(nn.Cell):
+    """diffusers ResnetBlock2D (time_embedding_norm="default", SiLU)."""
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, temb_channels: int | None = 512,
+                 groups: int = 32, groups_out: int | None = None, eps: float = 1e-6,
+                 output_scale_factor: float = 1.0, use_in_shortcut: bool | None = None,
+                 conv_shortcut_bias: bool = True):
+        super().__init__()
+        out_channels = out_channels or in_channels
+        self.norm1 = GroupNorm(groups, in_channels, eps)
+        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1)
+        self.time_emb_proj = Linear(temb_channels, out_channels) if temb_channels is not None else None
+        self.norm2 = GroupNorm(groups_out or groups, out_channels, eps)
+        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1)
+        use_shortcut = in_channels != out_channels if use_in_shortcut is None else use_in_shortcut
+        self.conv_shortcut = Conv2d(in_channels, out_channels, 1, bias=conv_shortcut_bias) if use_shortcut else None
+        self.output_scale_factor = output_scale_factor
+
+    def construct(self, x, temb=None):
+        # x: [N, C, H, W]; temb: [N, T]
+        h = self.conv1(silu(self.norm1(x)))
+        if self.time_emb_proj is not None and temb is not None:
+            h = h + self.time_emb_proj(silu(temb))[:, :, None, None]
+        h = self.conv2(silu(self.norm2(h)))
+        if self.conv_shortcut is not None:
+            x = self.conv_shortcut(x)
+        out = x + h
+        if self.output_scale_factor != 1.0:
+            out = out / self.output_scale_factor
+        return out
+
+
+def upsample_nearest2x(x):
+    # x: [N, C, H, W] -> [N, C, 2H, 2W]
+    n, c, h, w = x.shape
+    x = ops.broadcast_to(x.reshape(n, c, h, 1, w, 1), (n, c, h, 2, w, 2))
+    return x.reshape(n, c, 2 * h, 2 * w)
+
+
+class Upsample2D(nn.Cell):
+    """Nearest 2x (or to an explicit size) followed by a 3x3 conv, as diffusers Upsample2D."""
+
+    def __init__(self, channels: int, use_conv: bool = True, out_channels: int | None = None):
+        super().__init__()
+        self.conv = Conv2d(channels, out_channels or channels, 3, padding=1) if use_conv else None
+
+    def construct(self, x, output_size=None):
+        if output_size is None:
+            x = upsample_nearest2x(x)
+        else:
+            x = ops.interpolate(x, size=output_size, mode="nearest")
+        if self.conv is not None:
+            x = self.conv(x)
+        return x
+
+
+class Downsample2D(nn.Cell):
+    """Stride-2 3x3 conv; with padding=0 the input is first padded by (0, 1, 0, 1) as diffusers does."""
+
+    def __init__(self, channels: int, use_conv: bool = True, out_channels: int | None = None, padding: int = 1):
+        super().__init__()
+        if not use_conv:
+            raise ValueError("Downsample2D without a conv (average pooling) is not used by any supported family")
+        self.padding = padding
+        self.conv = Conv2d(channels, out_channels or channels, 3, stride=2, padding=padding)
+
+    def construct(self, x):
+        if self.padding == 0:
+            # pad one zero row (bottom) and column (right); written as concats so that it also
+            # traces in bf16, which ops.pad's scalar fill does not accept
+            n, c, h, w = x.shape
+            x = ops.cat((x, ops.zeros((n, c, h, 1), x.dtype)), 3)
+            x = ops.cat((x, ops.zeros((n, c, 1, w + 1), x.dtype)), 2)
+        return self.conv(x)
+
+
+# ----------------------------------------------------------------------------- embeddings
+def timestep_frequencies(dim: int, downscale_freq_shift: float = 1.0, max_period: float = 10000.0) -> np.ndarray:
+    half = dim // 2
+    exponent = (-math.log(max_period) * np.arange(half, dtype=np.float32)).astype(np.float32)
+    exponent = (exponent / np.float32(half - downscale_freq_shift)).astype(np.float32)
+    return np.exp(exponent).astype(np.float32)
+
+
+class Timesteps(nn.Cell):
+    """Sinusoidal timestep embedding (diffusers get_timestep_embedding): [N] -> [N, dim] float32."""
+
+    def __init__(self, num_channels: int, flip_sin_to_cos: bool, downscale_freq_shift: float, scale: float = 1.0,
+                 max_period: float = 10000.0):
+        super().__init__()
+        self.dim = num_channels
+        self.flip = flip_sin_to_cos
+        self.scale = scale
+        self.freqs = Tensor(timestep_frequencies(num_channels, downscale_freq_shift, max_period)[None, :])
+
+    def construct(self, timesteps):
+        args = timesteps.astype(FP32)[:, None] * self.freqs
+        if self.scale != 1.0:
+            args = args * self.scale
+        sin, cos = ops.sin(args), ops.cos(args)
+        emb = ops.cat((cos, sin), -1) if self.flip else ops.cat((sin, cos), -1)
+        if self.dim % 2:
+            emb = ops.pad(emb, (0, 1))
+        return emb
+
+
+class TimestepEmbedding(nn.Cell):
+    """linear_1 -> SiLU -> linear_2 (diffusers TimestepEmbedding, no cond projection)."""
+
+    def __init__(self, in_channels: int, time_embed_dim: int, out_dim: int | None = None, act_fn: str = "silu"):
+        super().__init__()
+        self.linear_1 = Linear(in_channels, time_embed_dim)
+        self.act = get_activation(act_fn)
+        self.linear_2 = Linear(time_embed_dim, out_dim or time_embed_dim)
+
+    def construct(self, x):
+        return self.linear_2(self.act(self.linear_1(x)))
+
+
+FORWARD_CHUNK_DIMS = (0, 1)
+
+
+def chunked_feed_forward(ff, x, chunk_dim: int, chunk_size: int):
+    """diffusers ``_chunked_feed_forward``: run ``ff`` on slices of ``chunk_size`` along
+    ``chunk_dim`` (0: batch, 1: sequence) and concatenate; the same result as ``ff(x)`` with a
+    smaller intermediate activation. The slices are unrolled into the graph (static shapes), so
+    the number of chunks, ``x.shape[chunk_dim] // chunk_size``, also sets the graph's size."""
+    n = x.shape[chunk_dim]
+    if n % chunk_size != 0:
+        raise ValueError(
+            f"`hidden_states` dimension to be chunked: {n} has to be divisible by chunk size: {chunk_size}. "
+            "Make sure to set an appropriate `chunk_size` when calling `unet.enable_forward_chunking`."
+        )
+    parts = ()
+    for start in range(0, n, chunk_size):
+        if chunk_dim == 0:
+            part = x[start:start + chunk_size]
+        else:
+            part = x[:, start:start + chunk_size]
+        parts = parts + (ff(part),)
+    return ops.cat(parts, chunk_dim)
+
+
+class BasicTransformerBlock(nn.Cell):
+    """diffusers BasicTransformerBlock with norm_type="layer_norm": self-attention, cross-attention
+    (self-attention again when there is no cross_attention_dim and double_self_attention), GEGLU
+    feed-forward, each pre-normed and residual. ``set_chunk_feed_forward`` turns on diffusers'
+    feed-forward chunking (off by default)."""
+
+    def __init__(self, dim: int, num_attention_heads: int, attention_head_dim: int,
+                 cross_attention_dim: int | None = None, activation_fn: str = "geglu", attention_bias: bool = False,
+                 only_cross_attention: bool = False, double_self_attention: bool = False, norm_eps: float = 1e-5,
+                 norm_elementwise_affine: bool = True, ff_inner_dim: int | None = None, ff_bias: bool = True,
+                 attention_out_bias: bool = True):
+        super().__init__()
+        self.only_cross_attention = only_cross_attention
+        self.norm1 = LayerNorm(dim, eps=norm_eps, elementwise_affine=norm_elementwise_affine)
+        self.attn1 = Attention(dim, cross_attention_dim=cross_attention_dim if only_cross_attention else None,
+                               heads=num_attention_heads, dim_head=attention_head_dim, bias=attention_bias,
+                               out_bias=attention_out_bias)
+        self.has_cross = cross_attention_dim is not None or double_self_attention
+        if self.has_cross:
+            self.norm2 = LayerNorm(dim, eps=norm_eps, elementwise_affine=norm_elementwise_affine)
+            self.attn2 = Attention(dim, cross_attention_dim=None if double_self_attention else cross_attention_dim,
+                                   heads=num_attention_heads, dim_head=attention_head_dim, bias=attention_bias,
+                                   out_bias=attention_out_bias)
+        self.norm3 = LayerNorm(dim, eps=norm_eps, elementwise_affine=norm_elementwise_affine)
+        self.ff = FeedForward(dim, activation_fn=activation_fn, inner_dim=ff_inner_dim, bias=ff_bias)
+        self.chunk_size = None  # feed-forward chunking (diffusers set_chunk_feed_forward); None: off
+        self.chunk_dim = 0
+
+    def set_chunk_feed_forward(self, chunk_size: int | None, dim: int = 0):
+        """As diffusers: chunk the feed-forward over ``dim`` (0 batch, 1 sequence) in slices of
+        ``chunk_size``; ``None`` turns chunking off. Call before compiling/exporting."""
+        if dim not in FORWARD_CHUNK_DIMS:
+            raise ValueError(f"Make sure to set `dim` to either 0 or 1, not {dim}")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+        self.chunk_size = chunk_size
+        self.chunk_dim = dim
+
+    def construct(self, hidden_states, encoder_hidden_states=None):
+        # hidden_states: [B, N, dim]; encoder_hidden_states: [B, M, cross_dim]
+        norm = self.norm1(hidden_states)
+        if self.only_cross_attention:
+            hidden_states = self.attn1(norm, encoder_hidden_states) + hidden_states
+        else:
+            hidden_states = self.attn1(norm) + hidden_states
+        if self.has_cross:
+            hidden_states = self.attn2(self.norm2(hidden_states), encoder_hidden_states) + hidden_states
+        if self.chunk_size is None:
+            return self.ff(self.norm3(hidden_states)) + hidden_states
+        return chunked_feed_forward(self.ff, self.norm3(hidden_states), self.chunk_dim, self.chunk_size) + hidden_states
