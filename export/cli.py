@@ -1,0 +1,77 @@
+"""export-model: a diffusers snapshot or preset -> static-shape MindIR graphs + manifest."""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+
+from video_aot.models.loading import DTYPES
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"export-model stopped by signal {signum}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="export-model",
+        description="Export a video diffusion model to static-shape MindSpore graphs (MindIR) plus a manifest.",
+    )
+    parser.add_argument("model", help="a diffusers snapshot folder (with model_index.json) or a preset name")
+    parser.add_argument("--frames", type=int, required=True, help="number of video frames (static)")
+    parser.add_argument("--height", type=int, required=True)
+    parser.add_argument("--width", type=int, required=True)
+    parser.add_argument("--out", required=True, help="output folder (written atomically)")
+    parser.add_argument("--batch", type=int, default=1, help="videos per call (static); default 1")
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32")
+    parser.add_argument("--decode-chunk-size", type=int, default=None,
+                        help="frames per VAE decode call (default: all frames at once, as diffusers)")
+    parser.add_argument("--weights", default=None, help="folder holding the weights (snapshot layout)")
+    parser.add_argument("--variant", default=None, help="weights variant, e.g. fp16 for *.fp16.safetensors")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="export the real architecture with random weights (benchmarking)")
+    parser.add_argument("--forward-chunking", default=None, metavar="CHUNK[:DIM]",
+                        help="UNet3D families: feed-forward chunking as diffusers' "
+                             "unet.enable_forward_chunking(chunk_size, dim); e.g. 1:1. Same output, lower peak memory")
+    parser.add_argument("--tiling", action="store_true", default=None,
+                        help="CogVideoX: also export the VAE's spatial tile graphs (diffusers' vae.enable_tiling() "
+                             "tiles), so that generate-video --tiling / pipe.enable_tiling() code in tiles")
+    parser.add_argument("--with-video-encoder", action="store_true", default=None,
+                        help="CogVideoX text-to-video snapshots: add the VAE encoder graphs so that the export also "
+                             "serves video-to-video")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing export")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the manifest that would be written (graphs and static shapes) and stop")
+    parser.add_argument("--validate", action="store_true",
+                        help="check each exported graph against the eager network on dummy inputs")
+    args = parser.parse_args(argv)
+
+    from .run import export_model
+
+    # a terminated export (SIGTERM) unwinds like Ctrl-C, so its work folder is removed
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+    start = time.perf_counter()
+    try:
+        result = export_model(args.model, args.out, frames=args.frames, height=args.height, width=args.width,
+                     batch=args.batch, dtype=args.dtype, decode_chunk_size=args.decode_chunk_size,
+                     weights=args.weights, random_weights=args.random_weights, force=args.force,
+                     variant=args.variant, validate=args.validate, forward_chunking=args.forward_chunking,
+                     tiling=args.tiling, with_video_encoder=args.with_video_encoder, dry_run=args.dry_run)
+    except (ValueError, RuntimeError, OSError) as err:
+        print(f"export-model: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        print(f"export-model: interrupted ({err or 'Ctrl-C'}); nothing was written to {args.out}", file=sys.stderr)
+        return 130
+    if args.dry_run:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"export took {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

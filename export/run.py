@@ -1,0 +1,70 @@
+"""export_model(): snapshot or preset -> family plan -> traced graphs + manifest."""
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Optional
+
+from .sources import Source, resolve
+from .writer import export_key, write_export
+
+# model_index.json _class_name -> export/<module>.py
+FAMILIES = {
+    "StableVideoDiffusionPipeline": "svd",
+    "TextToVideoSDPipeline": "t2v",
+    "VideoToVideoSDPipeline": "t2v",
+    "CogVideoXPipeline": "cogvideox",
+    "CogVideoXImageToVideoPipeline": "cogvideox",
+    "CogVideoXVideoToVideoPipeline": "cogvideox",
+}
+
+
+def family_module(pipeline: str):
+    if pipeline not in FAMILIES:
+        raise ValueError(f"pipeline {pipeline!r} is not supported; supported: {sorted(FAMILIES)}")
+    return importlib.import_module(f"{__package__}.{FAMILIES[pipeline]}")
+
+
+def _weights_fingerprint(folder: Optional[Path]) -> list:
+    if folder is None:
+        return ["random"]
+    return sorted(
+        (str(p.relative_to(folder)), p.stat().st_size, int(p.stat().st_mtime))
+        for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json")
+    )
+
+
+def export_model(model: str, out: str, frames: int, height: int, width: int, batch: int = 1, dtype: str = "fp32",
+                 decode_chunk_size: Optional[int] = None, weights: Optional[str] = None, random_weights: bool = False,
+                 force: bool = False, variant: Optional[str] = None, validate: bool = False, log=print,
+                 dry_run: bool = False, **options):
+    """``options``: family-specific export options passed to the family's plan (e.g. the t2v
+    family's ``forward_chunking="1:1"``); options left at None are not passed."""
+    import mindspore as ms
+
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    source: Source = resolve(model, weights, random_weights)
+    module = family_module(source.pipeline)
+    options = {k: v for k, v in options.items() if v is not None}
+    accepted = inspect.signature(module.plan).parameters
+    wrong = sorted(k for k in options if k not in accepted)
+    if wrong:
+        raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in wrong)} does not apply to "
+                         f"{source.pipeline} exports (family {module.FAMILY})")
+    graphs, manifest = module.plan(source.snapshot, source.weights, frames=frames, height=height, width=width,
+                                   batch=batch, dtype=dtype, decode_chunk_size=decode_chunk_size, variant=variant,
+                                   **options)
+    manifest["source"] = {
+        "model": model, "snapshot": str(source.snapshot), "preset": source.preset, "repo_id": source.repo_id,
+        "weights": str(source.weights) if source.weights else "random", "variant": variant,
+    }
+    manifest["export_key"] = export_key({
+        "manifest": {k: v for k, v in manifest.items()},
+        "graphs": [(s.name, s.to_json()) for s, _ in graphs],
+        "weights": _weights_fingerprint(source.weights),
+        "mindspore": ms.__version__,
+    })
+    if dry_run:  # what would be written, without building or tracing any network
+        return {**manifest, "graphs": {spec.name: spec.to_json() for spec, _ in graphs}}
+    return write_export(out, graphs, manifest, force=force, validate=validate, log=log)
