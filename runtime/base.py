@@ -1,0 +1,155 @@
+"""What every exported pipeline shares: loading its graphs through a backend, checking a
+request against the static shapes, the per-stage timings, progress and step callbacks."""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .manifest import Export, ShapeMismatch
+
+
+@dataclass
+class VideoOutput:
+    frames: Any
+
+
+class Cancelled(Exception):
+    """Raised from a step callback to stop a generation at the next step boundary."""
+
+
+class ExportedPipeline:
+    family: str = ""
+    graph_names: tuple = ()
+
+    def __init__(self, export: Export, backend):
+        self.export = export
+        self.manifest = export.manifest
+        self.backend = backend
+        self.graphs = {}
+        for name in self.graph_names:
+            if name in self.manifest["graphs"]:
+                self.graphs[name] = backend.load(export.graph_path(name))
+        self.timings = defaultdict(list)  # stage -> seconds per call, for benchmarks and metrics
+        self._progress_config = {}
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def shapes(self) -> dict:
+        return self.manifest["shapes"]
+
+    def exported_defaults(self, **given):
+        """Each argument left at None takes the exported value (diffusers takes these defaults
+        from the unet config); the others are returned as given, to be checked."""
+        return tuple(self.shapes[k] if v is None else v for k, v in given.items())
+
+    def check_shapes(self, **request):
+        """Refuse a request that does not fit the export, naming what was exported."""
+        wrong = {k: v for k, v in request.items() if k in self.shapes and v != self.shapes[k]}
+        if wrong:
+            asked = ", ".join(f"{k}={v}" for k, v in wrong.items())
+            raise ShapeMismatch(
+                f"this export was built for {self.export.describe_shapes()}; the request asks for {asked}. "
+                f"Static shapes are fixed at export time: re-export with export-model to serve other shapes."
+            )
+
+    @staticmethod
+    def check_number(name, value, minimum=None, maximum=None, integer=False):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        if integer and int(value) != value:
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
+
+    @staticmethod
+    def check_latents(latents, shape) -> np.ndarray:
+        latents = np.asarray(latents, dtype=np.float32)
+        if latents.shape != tuple(shape):
+            raise ShapeMismatch(f"unexpected latents shape {latents.shape}, expected {tuple(shape)}")
+        return latents
+
+    @staticmethod
+    def check_callback_inputs(names, allowed):
+        bad = [n for n in names if n not in allowed]
+        if bad:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {bad} are not available; choose from {list(allowed)}")
+
+    @staticmethod
+    def make_generator(generator, seed) -> np.random.Generator:
+        if generator is not None and seed is not None:
+            raise ValueError("pass either generator= or seed=, not both")
+        if generator is not None:
+            if not isinstance(generator, np.random.Generator):
+                raise ValueError(f"generator must be a numpy np.random.Generator, got {type(generator).__name__}")
+            return generator
+        return np.random.default_rng(seed)
+
+    # ------------------------------------------------------------------ loop helpers
+    @contextlib.contextmanager
+    def timed(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage].append(time.perf_counter() - start)
+
+    def set_progress_bar_config(self, **kwargs):
+        self._progress_config = kwargs
+
+    def progress(self, iterable):
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, **{"desc": "denoising", **self._progress_config})
+
+    def step_callback(self, callback, i, t, tensors: dict) -> dict:
+        if callback is None:
+            return tensors
+        out = callback(self, i, t, tensors)
+        return out if isinstance(out, dict) else tensors
+
+    def decode_chunks(self, latents: np.ndarray, chunk: int) -> np.ndarray:
+        """latents [N, C, h, w] -> frames [N, 3, H, W], chunk by chunk; the last, shorter chunk
+        uses the ``vae_decoder_tail`` graph exported for exactly that length."""
+        frames = []
+        for start in range(0, latents.shape[0], chunk):
+            part = latents[start:start + chunk]
+            graph = "vae_decoder" if part.shape[0] == chunk else "vae_decoder_tail"
+            with self.timed("vae_decode"):
+                frames.append(self.graphs[graph](part)[0])
+        return np.concatenate(frames)
+
+    # ------------------------------------------------------------------ requests over a service
+    # A service builds its request checks from these, so a family needs no server code.
+    image_inputs: tuple = ("image",)  # __call__ arguments that take an image
+    required_inputs: tuple | None = None  # None: arguments with no default, and `prompt` (see request.py)
+    request_limits: dict = {}  # name -> (minimum, maximum), over request.REQUEST_LIMITS
+
+    def request_schema(self) -> dict:
+        """The arguments a client may send: name -> {"type", "required" | "default", "minimum",
+        "maximum", "enum"}, read from the signature of __call__ and the exported shapes."""
+        from .request import request_schema
+
+        return request_schema(self)
+
+    def validate_request(self, request: dict) -> dict:
+        """Check a client's request before any graph runs; returns the kwargs for __call__ or raises
+        request.RequestInvalid (a ValueError) naming the field and the allowed values."""
+        from .request import validate_request
+
+        return validate_request(self, request)
+
+    def check_request(self, kwargs: dict):
+        """Family hook for further cheap checks of a validated request; raise ValueError to refuse it."""
+
+    def example_request(self) -> dict:
+        """The smallest valid request (one step); used for warm-up calls."""
+        from .request import example_request
+
+        return example_request(self)
