@@ -1,0 +1,525 @@
+"""serve-model over HTTP: the real server in a subprocess on a loopback port, with tiny exports.
+
+One tiny SVD export per session (4 frames, 64x64) is shared by every test. Server processes:
+the main one (no auth, queue of 2), one with an API key, and two for the restart test. Every
+process is killed in a ``finally``."""
+from __future__ import annotations
+
+import base64
+import importlib
+import inspect
+import io
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+FRAMES, HEIGHT, WIDTH = 4, 64, 64
+MAX_QUEUE = 2
+MAX_IMAGE_PIXELS = 1_000_000
+MAX_BODY_MB = 1.0
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def png_b64(height=HEIGHT, width=WIDTH, seed=0, mode="RGB") -> str:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    if mode == "L":
+        image = Image.new("L", (width, height))
+    else:
+        image = Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def decode_video(data: bytes, suffix: str, folder: Path):
+    """(frame count, (width, height)) as imageio-ffmpeg decodes the file."""
+    import imageio_ffmpeg
+
+    path = folder / f"video-{time.monotonic_ns()}.{suffix}"
+    path.write_bytes(data)
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = reader.__next__()
+    count = sum(1 for _ in reader)
+    return count, tuple(meta["size"])
+
+
+class Server:
+    """serve-model in a subprocess, on a free loopback port."""
+
+    def __init__(self, exports, data_dir, workdir: Path, *extra, token=None):
+        self.exports, self.data_dir, self.extra, self.token = list(exports), str(data_dir), list(extra), token
+        self.workdir = workdir
+        self.proc = None
+        self.log = None
+
+    def start(self, timeout=240):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = self.workdir / f"server-{self.port}.log"
+        cmd = [sys.executable, "-m", "video_aot.runtime.server", *self.exports, "--port", str(self.port),
+               "--data-dir", self.data_dir, "--log-level", "warning", *self.extra]
+        with open(self.log, "w") as fh:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=self.workdir)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve-model exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", headers=headers, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise RuntimeError(f"serve-model not ready after {timeout} s:\n{self.log_tail()}")
+
+    def client(self, token=None) -> "httpx.Client":
+        token = self.token if token is None else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def log_tail(self, n=40) -> str:
+        return "\n".join(self.log.read_text().splitlines()[-n:]) if self.log and self.log.exists() else ""
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(10)
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def wait_for(client, job_id, states=FINAL, timeout=120, predicate=None) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get(f"/v1/videos/{job_id}").json()
+        if status["status"] in states and (predicate is None or predicate(status)):
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not reach {states} in {timeout} s; last: {status}")
+
+
+def submit(client, **body):
+    response = client.post("/v1/videos", json={"model": "svd", "image": png_b64(), "seed": 0, **body})
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """The value of one sample in Prometheus text (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        series, _, value = line.rpartition(" ")
+        sample, _, raw = series.partition("{")
+        found = dict(re.findall(r'(\w+)="([^"]*)"', raw))
+        if sample == name and all(found.get(k) == str(v) for k, v in labels.items()):
+            return float(value)
+    return 0.0
+
+
+def text_to_video_model():
+    """(family, tiny model name) when the runtime has a text-to-video family and export/tiny.py
+    generates a tiny model for it; else (family or None, None)."""
+    from video_aot.export.sources import PRESET_DIR
+    from video_aot.export.tiny import TINY
+    from video_aot.runtime import PIPELINES
+
+    family = None
+    for name, (module, attr) in PIPELINES.items():
+        target = getattr(importlib.import_module(f"video_aot.runtime.{module}"), attr)
+        candidates = [target] if isinstance(target, type) else [
+            getattr(importlib.import_module(f"video_aot.runtime.{module}"), n, None) for n in ("TextToVideoSDPipeline",)]
+        if any(c is not None and "prompt" in inspect.signature(c.__call__).parameters for c in candidates):
+            family = name
+    if family is None:
+        return None, None
+    for tiny, spec in TINY.items():
+        index = PRESET_DIR / spec["base"] / "model_index.json"
+        if index.is_file() and json.loads(index.read_text()).get("_class_name") == "TextToVideoSDPipeline":
+            return family, tiny
+    return family, None
+
+
+# ----------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def svd_export(tmp_path_factory):
+    from video_aot.export.run import export_model
+
+    out = tmp_path_factory.mktemp("serve-exports") / "svd"
+    return export_model("tiny-svd-xt", str(out), frames=FRAMES, height=HEIGHT, width=WIDTH, log=lambda *a: None)
+
+
+@pytest.fixture(scope="session")
+def t2v_export(tmp_path_factory):
+    family, tiny = text_to_video_model()
+    if tiny is None:
+        return None
+    from video_aot.export.run import export_model
+
+    out = tmp_path_factory.mktemp("serve-exports-t2v") / "t2v"
+    return export_model(tiny, str(out), frames=FRAMES, height=HEIGHT, width=WIDTH, log=lambda *a: None)
+
+
+COGVIDEOX_FRAMES = 9  # 3 latent frames
+
+
+@pytest.fixture(scope="session")
+def cogvideox_export(tmp_path_factory):
+    from video_aot.export.run import export_model
+
+    out = tmp_path_factory.mktemp("serve-exports-cogvideox") / "cogvideox"
+    return export_model("tiny-cogvideox-2b", str(out), frames=COGVIDEOX_FRAMES, height=HEIGHT, width=WIDTH,
+                        log=lambda *a: None)
+
+
+@pytest.fixture(scope="session")
+def server(svd_export, t2v_export, cogvideox_export, tmp_path_factory):
+    work = tmp_path_factory.mktemp("serve-main")
+    exports = [f"svd={svd_export}", f"cogvideox={cogvideox_export}"] + ([f"t2v={t2v_export}"] if t2v_export else [])
+    srv = Server(exports, work / "data", work, "--max-queue", str(MAX_QUEUE), "--max-steps", "400",
+                 "--max-image-pixels", str(MAX_IMAGE_PIXELS), "--max-body-mb", str(MAX_BODY_MB))
+    try:
+        yield srv.start()
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def client(server):
+    with server.client() as c:
+        yield c
+
+
+# ----------------------------------------------------------------------------------------------- tests
+def test_models_health_and_openapi(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["ready"] is True
+    models = {m["name"]: m for m in client.get("/v1/models").json()["data"]}
+    svd = models["svd"]
+    assert svd["family"] == "svd" and svd["ready"]
+    assert svd["shapes"]["num_frames"] == FRAMES and svd["shapes"]["height"] == HEIGHT
+    params = svd["parameters"]
+    assert params["image"] == {"type": "image", "required": True}
+    assert params["num_frames"]["enum"] == [FRAMES]
+    assert params["num_inference_steps"]["maximum"] == 400  # the server's --max-steps
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/videos", "/v1/videos/{job_id}", "/v1/videos/{job_id}/content", "/v1/models",
+            "/metrics", "/healthz", "/readyz"} <= set(spec["paths"])
+    assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize("output_format", ["mp4", "gif"])
+def test_image_to_video_happy_path(client, output_format, tmp_path):
+    job_id = submit(client, num_inference_steps=2, output_format=output_format, fps=6, motion_bucket_id=100,
+                    noise_aug_strength=0.05, min_guidance_scale=1.0, max_guidance_scale=2.5)
+    status = wait_for(client, job_id)
+    assert status["status"] == "succeeded", status
+    assert status["content_url"] == f"/v1/videos/{job_id}/content"
+    response = client.get(status["content_url"])
+    assert response.status_code == 200
+    assert response.headers["content-type"] == {"mp4": "video/mp4", "gif": "image/gif"}[output_format]
+    assert decode_video(response.content, output_format, tmp_path) == (FRAMES, (WIDTH, HEIGHT))
+
+
+def test_text_to_video_happy_path(request, tmp_path):
+    family, tiny = text_to_video_model()
+    if family is None:
+        pytest.skip("video_aot.runtime.PIPELINES has no text-to-video family yet")
+    if tiny is None:
+        pytest.skip(f"the runtime has the {family!r} family, but video_aot.export.tiny.TINY generates no tiny "
+                    "TextToVideoSDPipeline model to export for this test yet")
+    server = request.getfixturevalue("server")  # serves the tiny t2v export next to the svd one
+    with server.client() as client:
+        missing = client.post("/v1/videos", json={"model": "t2v", "num_inference_steps": 2})
+        assert missing.status_code == 422 and missing.json()["error"]["field"] == "prompt"
+        response = client.post("/v1/videos", json={"model": "t2v", "prompt": "a red ball", "negative_prompt": "blur",
+                                                   "num_inference_steps": 2, "guidance_scale": 7.5, "seed": 3})
+        assert response.status_code == 202, response.text
+        status = wait_for(client, response.json()["id"])
+        assert status["status"] == "succeeded", status
+        video = client.get(status["content_url"]).content
+    assert decode_video(video, "mp4", tmp_path) == (FRAMES, (WIDTH, HEIGHT))
+
+
+def test_cogvideox_happy_path(server, tmp_path):
+    with server.client() as client:
+        response = client.post("/v1/videos", json={"model": "cogvideox", "prompt": "a red ball", "num_inference_steps": 2,
+                                                   "guidance_scale": 6.0, "seed": 3, "output_format": "gif"})
+        assert response.status_code == 202, response.text
+        status = wait_for(client, response.json()["id"])
+        assert status["status"] == "succeeded", status
+        video = client.get(status["content_url"]).content
+    assert decode_video(video, "gif", tmp_path) == (COGVIDEOX_FRAMES, (WIDTH, HEIGHT))
+
+
+def _error(response, status):
+    assert response.status_code == status, response.text
+    return response.json()["error"]
+
+
+def test_rejections(client):
+    image = png_b64()
+    # unknown model / no model
+    err = _error(client.post("/v1/videos", json={"model": "nope", "image": image}), 422)
+    assert err["field"] == "model" and "svd" in err["allowed"]
+    assert _error(client.post("/v1/videos", json={"image": image}), 422)["field"] == "model"
+    assert _error(client.post("/v1/videos", json={"model": ["svd"], "image": image}), 422)["field"] == "model"
+    # sizes and frame counts that were not exported
+    for field, value, allowed in (("num_frames", FRAMES + 1, FRAMES), ("height", 128, HEIGHT), ("width", 32, WIDTH)):
+        err = _error(client.post("/v1/videos", json={"model": "svd", "image": image, field: value}), 422)
+        assert err["field"] == field and err["allowed"] == [allowed], err
+    # missing image
+    assert _error(client.post("/v1/videos", json={"model": "svd"}), 422)["field"] == "image"
+    # out-of-range, wrongly typed, unknown and server-owned parameters
+    for literal in ("NaN", "Infinity"):  # Python's json reads them; they are no valid parameter
+        raw = '{"model": "svd", "image": "%s", "noise_aug_strength": %s}' % (image, literal)
+        err = _error(client.post("/v1/videos", content=raw.encode(), headers={"content-type": "application/json"}), 422)
+        assert err["field"] == "noise_aug_strength"
+    for field, value in (("num_inference_steps", 0), ("num_inference_steps", 401), ("motion_bucket_id", 999),
+                         ("noise_aug_strength", -1.0), ("max_guidance_scale", 1e6), ("fps", 0), ("seed", -1),
+                         ("num_inference_steps", 2.5), ("num_inference_steps", "2"), ("fps", True)):
+        err = _error(client.post("/v1/videos", json={"model": "svd", "image": image, field: value}), 422)
+        assert err["field"] == field, (field, value, err)
+    err = _error(client.post("/v1/videos", json={"model": "svd", "image": image, "num_inference_steps": 401}), 422)
+    assert err["allowed"] == {"minimum": 1, "maximum": 400}
+    err = _error(client.post("/v1/videos", json={"model": "svd", "image": image, "scheduler": "plms"}), 422)
+    assert err["field"] == "scheduler" and "euler" in err["allowed"]
+    for field in ("bogus", "latents", "output_type", "generator"):
+        err = _error(client.post("/v1/videos", json={"model": "svd", "image": image, field: 1}), 422)
+        assert err["field"] == field and "num_inference_steps" in err["allowed"]
+    err = _error(client.post("/v1/videos", json={"model": "svd", "image": image, "output_format": "avi"}), 422)
+    assert err["field"] == "output_format" and err["allowed"] == ["gif", "mp4"]
+    assert _error(client.post("/v1/videos", json={"model": "svd", "image": 12}), 422)["field"] == "image"
+    # malformed JSON and base64, undecodable images: 400
+    _error(client.post("/v1/videos", content=b'{"model": "svd",', headers={"content-type": "application/json"}), 400)
+    _error(client.post("/v1/videos", json=["svd"]), 400)
+    assert _error(client.post("/v1/videos", json={"model": "svd", "image": "not base64!"}), 400)["field"] == "image"
+    not_an_image = base64.b64encode(b"hello, this is no image").decode()
+    assert _error(client.post("/v1/videos", json={"model": "svd", "image": not_an_image}), 400)["field"] == "image"
+    # body and decoded-image caps: 413 (a 2000x2000 blank PNG is ~4 KB but 4 Mpx: refused from its header)
+    err = _error(client.post("/v1/videos", json={"model": "svd", "image": png_b64(2000, 2000, mode="L")}), 413)
+    assert err["field"] == "image" and err["allowed"] == {"max_pixels": MAX_IMAGE_PIXELS}
+    big = "A" * int(MAX_BODY_MB * 1024 * 1024 + 10)
+    _error(client.post("/v1/videos", json={"model": "svd", "image": big}), 413)
+    # unknown job ids: 404 on every job endpoint
+    for path in ("/v1/videos/" + "0" * 32, "/v1/videos/" + "0" * 32 + "/content", "/v1/videos/../etc"):
+        assert client.get(path).status_code == 404
+    assert client.delete("/v1/videos/" + "0" * 32).status_code == 404
+    # nothing above was queued
+    assert metric(client.get("/metrics").text, "video_aot_queue_depth") == 0
+
+
+def test_queue_full_then_cancel_queued_and_running(client):
+    running = submit(client, num_inference_steps=300)
+    status = wait_for(client, running, states=("running",), predicate=lambda s: s["progress"]["step"] >= 1, timeout=60)
+    assert status["progress"]["total"] == 300
+    queued = [submit(client, num_inference_steps=2) for _ in range(MAX_QUEUE)]
+    assert client.get(f"/v1/videos/{queued[0]}").json()["queue_position"] == 1
+    assert _error(client.get(f"/v1/videos/{queued[0]}/content"), 409)["allowed"] == ["succeeded"]
+    # a full queue answers 429 with Retry-After, and does not take the job
+    full = client.post("/v1/videos", json={"model": "svd", "image": png_b64(), "num_inference_steps": 2})
+    assert full.status_code == 429 and int(full.headers["Retry-After"]) >= 1
+    text = client.get("/metrics").text
+    assert metric(text, "video_aot_queue_depth") == MAX_QUEUE
+    assert metric(text, "video_aot_jobs", state="running") == 1
+    assert metric(text, "video_aot_http_responses_total", code=429) >= 1
+    # cancel a queued job: at once
+    response = client.delete(f"/v1/videos/{queued[0]}")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    assert client.get(f"/v1/videos/{queued[0]}").json()["status"] == "cancelled"
+    assert client.delete(f"/v1/videos/{queued[0]}").status_code == 200  # idempotent
+    # cancel the running job: it stops at the next step boundary, long before its 300 steps
+    response = client.delete(f"/v1/videos/{running}")
+    assert response.status_code == 202 and response.json()["cancel_requested"] is True
+    status = wait_for(client, running, timeout=30)
+    assert status["status"] == "cancelled" and "step" in status["error"], status
+    # the remaining queued job then runs
+    assert wait_for(client, queued[1])["status"] == "succeeded"
+    assert client.delete(f"/v1/videos/{queued[1]}").status_code == 409  # already finished
+
+
+def test_metrics_change_as_jobs_run(client):
+    before = client.get("/metrics")
+    assert before.headers["content-type"].startswith("text/plain")
+    before = before.text
+    assert metric(before, "process_resident_memory_bytes") > 0
+    assert metric(before, "video_aot_peak_rss_bytes") >= metric(before, "process_resident_memory_bytes") * 0.5
+    assert metric(before, "video_aot_queue_capacity") == MAX_QUEUE
+    response = client.post("/v1/videos", json={"model": "svd", "image": png_b64(), "num_inference_steps": 2})
+    assert response.status_code == 202
+    job_id = response.json()["id"]
+    assert isinstance(response.json()["parameters"]["seed"], int)  # drawn at accept time, kept with the job
+    assert wait_for(client, job_id)["status"] == "succeeded"
+    after = client.get("/metrics").text
+
+    def delta(name, **labels):
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert delta("video_aot_jobs_finished_total", model="svd", state="succeeded") == 1
+    assert delta("video_aot_jobs", state="succeeded") == 1
+    assert delta("video_aot_stage_seconds_count", model="svd", stage="unet") == 2  # one per step
+    for stage in ("image_encode", "vae_encode", "vae_decode", "denoise_step"):
+        assert delta("video_aot_stage_seconds_count", model="svd", stage=stage) >= 1, stage
+    assert delta("video_aot_stage_seconds_sum", model="svd", stage="unet") > 0
+    assert delta("video_aot_job_run_seconds_count", model="svd") == 1
+    assert delta("video_aot_http_responses_total", code=202) == 1
+    assert metric(after, "video_aot_stage_seconds_bucket", model="svd", stage="unet", le="+Inf") == \
+        metric(after, "video_aot_stage_seconds_count", model="svd", stage="unet")
+
+
+def test_auth(svd_export, tmp_path, server):
+    key_file = tmp_path / "keys"
+    key_file.write_text("# tokens\nsecret-token-1\n")
+    srv = Server([f"svd={svd_export}"], tmp_path / "data", tmp_path, "--api-key-file", str(key_file),
+                 token="secret-token-1")
+    try:
+        srv.start()
+        with srv.client(token="") as anonymous, srv.client(token="wrong") as wrong, srv.client() as good:
+            assert anonymous.get("/healthz").status_code == 200  # the one open endpoint
+            for method, path in (("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/v1/models"),
+                                 ("GET", "/openapi.json"), ("GET", "/docs"), ("POST", "/v1/videos"),
+                                 ("GET", "/v1/videos/" + "0" * 32), ("DELETE", "/v1/videos/" + "0" * 32)):
+                for c in (anonymous, wrong):
+                    response = c.request(method, path, json={"model": "svd"} if method == "POST" else None)
+                    assert response.status_code == 401, (method, path)
+                    assert response.headers["WWW-Authenticate"] == "Bearer"
+            assert good.get("/v1/models").status_code == 200
+            assert good.get("/metrics").status_code == 200
+            job_id = submit(good, num_inference_steps=1)
+            assert anonymous.get(f"/v1/videos/{job_id}/content").status_code == 401
+            assert wait_for(good, job_id)["status"] == "succeeded"
+            assert good.get(f"/v1/videos/{job_id}/content").status_code == 200
+    finally:
+        srv.stop()
+    # and with auth off (the main server), no token is needed
+    with server.client(token="") as anonymous:
+        assert anonymous.get("/v1/models").status_code == 200
+
+
+def test_restart_after_sigkill_loses_no_job(svd_export, tmp_path):
+    data = tmp_path / "data"
+    first = Server([f"svd={svd_export}"], data, tmp_path, "--max-queue", "4")
+    second = Server([f"svd={svd_export}"], data, tmp_path, "--max-queue", "4")
+    try:
+        first.start()
+        with first.client() as client:
+            done = submit(client, num_inference_steps=1)
+            assert wait_for(client, done)["status"] == "succeeded"
+            interrupted = submit(client, num_inference_steps=8)
+            queued = [submit(client, num_inference_steps=2) for _ in range(3)]
+            wait_for(client, interrupted, states=("running",), predicate=lambda s: s["progress"]["step"] >= 1)
+            assert [client.get(f"/v1/videos/{j}").json()["status"] for j in queued] == ["queued"] * 3
+        first.kill()  # SIGKILL: no chance to write anything
+        second.start()
+        with second.client() as client:
+            assert client.get(f"/v1/videos/{done}/content").status_code == 200  # finished results survive
+            for job_id in [interrupted] + queued:
+                status = wait_for(client, job_id)
+                assert status["status"] == "succeeded", status
+                count, size = decode_video(client.get(f"/v1/videos/{job_id}/content").content, "mp4", tmp_path)
+                assert (count, size) == (FRAMES, (WIDTH, HEIGHT))
+            assert client.get(f"/v1/videos/{interrupted}").json()["attempts"] == 2
+    finally:
+        first.kill()
+        second.stop()
+
+
+# ----------------------------------------------------------------------------------------------- in process
+def test_job_store_recovers_and_expires(tmp_path):
+    from video_aot.runtime.jobs import JobStore
+
+    store = JobStore(tmp_path, max_queue=3, max_attempts=2)
+    a = store.submit("m", {"seed": 1}, {}, "mp4", 2)
+    b = store.submit("m", {"seed": 2}, {}, "mp4", 2)
+    c = store.submit("m", {"seed": 3}, {}, "gif", 2)
+    assert store.submit("m", {}, {}, "mp4", 2) is None  # full
+    assert store.next()["id"] == a["id"]  # running when the process "dies"
+    (tmp_path / "jobs" / ("f" * 32)).mkdir()  # a job folder whose record was never written
+    again = JobStore(tmp_path, max_queue=3, max_attempts=2)
+    assert list(again.queue) == [a["id"], b["id"], c["id"]]  # the interrupted job first, order kept
+    assert again.recovered["resumed"] == 1 and not (tmp_path / "jobs" / ("f" * 32)).exists()
+    assert again.next()["attempts"] == 2
+    third = JobStore(tmp_path, max_queue=3, max_attempts=2)  # it crashed the process twice: given up
+    assert third.get(a["id"])["state"] == "failed" and list(third.queue) == [b["id"], c["id"]]
+    job = third.next()
+    (third.folder(job["id"]) / "result.mp4").write_bytes(b"video")
+    third.finish(job["id"], "succeeded", result="result.mp4")
+    assert third.expire(keep_seconds=3600) == 0
+    assert third.expire(keep_seconds=-1) == 2  # b and the failed a
+    assert not (third.folder(job["id"]) / "result.mp4").exists()
+    assert job["id"] not in third.jobs  # memory does not grow with the jobs ever served
+    assert third.get(job["id"])["expired"] is True  # but the id still answers, from disk
+    assert JobStore(tmp_path, max_queue=3).get(job["id"])["state"] == "succeeded"
+
+
+def test_request_schema_is_generic_over_families(svd_export):
+    """The schema comes from __call__'s signature and the manifest, for any pipeline class."""
+    from video_aot.runtime.base import ExportedPipeline
+    from video_aot.runtime.manifest import verify_export
+    from video_aot.runtime.request import RequestInvalid
+
+    class NoGraphs:
+        def load(self, path):
+            return None
+
+    class TextToVideo(ExportedPipeline):
+        family = "example"
+        image_inputs = ()
+
+        def __call__(self, prompt: str | list | None = None, num_frames: int | None = None,
+                     num_inference_steps: int = 50, guidance_scale: float = 9.0, negative_prompt: str | None = None,
+                     latents: np.ndarray | None = None, prompt_embeds: np.ndarray | None = None, seed: int | None = None,
+                     output_type: str = "np"):
+            raise NotImplementedError
+
+    pipe = TextToVideo(verify_export(svd_export, check_sums=False), NoGraphs())
+    schema = pipe.request_schema()
+    assert set(schema) == {"prompt", "num_frames", "num_inference_steps", "guidance_scale", "negative_prompt", "seed"}
+    assert schema["prompt"] == {"type": "string", "required": True}
+    assert "required" not in schema["negative_prompt"]
+    assert schema["num_frames"]["enum"] == [FRAMES]
+    assert pipe.validate_request({"prompt": "x", "num_frames": FRAMES}) == {"prompt": "x", "num_frames": FRAMES}
+    with pytest.raises(RequestInvalid) as info:
+        pipe.validate_request({"prompt": "x", "guidance_scale": 99.0})
+    assert info.value.field == "guidance_scale" and info.value.allowed == {"minimum": 0.0, "maximum": 50.0}
+    assert set(pipe.example_request()) == {"prompt", "num_inference_steps"}
+
+    class Unannotated(TextToVideo):  # diffusers often leaves prompt unannotated
+        def __call__(self, image, prompt=None, negative_prompt=None, prompt_embeds=None, negative_prompt_embeds=None,
+                     resize: bool = False, generator=None):
+            raise NotImplementedError
+
+    Unannotated.image_inputs = ("image",)
+    schema = Unannotated(verify_export(svd_export, check_sums=False), NoGraphs()).request_schema()
+    assert schema == {"image": {"type": "image", "required": True}, "prompt": {"type": "string", "required": True},
+                      "negative_prompt": {"type": "string"}, "resize": {"type": "boolean", "default": False}}
+
