@@ -211,12 +211,6 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     pipeline = index["_class_name"]
     if pipeline not in PIPELINES:
         raise ValueError(f"{snapshot}: model_index.json names {pipeline!r}; this family exports {PIPELINES}")
-    if dtype != "fp32":
-        # the networks do not yet cast their inputs, caches and rotary tables to a half-precision
-        # compute dtype (nor keep T5's wo projections in fp32 as transformers does); refuse rather
-        # than fail inside MindSpore's type inference
-        raise ValueError(f"--dtype {dtype}: CogVideoX exports are fp32 only for now. fp16/bf16 checkpoints "
-                         "(--variant fp16, bf16 safetensors) load into the fp32 graphs.")
     if decode_chunk_size is not None:
         raise ValueError("CogVideoX decodes in diffusers' fixed latent-frame batches (2 latent frames, the first "
                          "taking the remainder); --decode-chunk-size does not apply to this family")

@@ -24,7 +24,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from .layers import (
-    Conv2d, FeedForward, LayerNorm, Linear, TimestepEmbedding, Timesteps, scaled_dot_product_attention, silu,
+    FP32, Conv2d, FeedForward, LayerNorm, Linear, TimestepEmbedding, Timesteps, scaled_dot_product_attention, silu,
 )
 from .loading import register
 
@@ -297,7 +297,9 @@ def apply_rotary(x, cos, sin):
     real = pairs[:, :, :, :, 0:1]
     imag = pairs[:, :, :, :, 1:2]
     rotated = ops.cat((-imag, real), -1).reshape(b, n, heads, d)
-    return x * cos[None, :, None, :] + rotated * sin[None, :, None, :]
+    # in float32 whatever x's dtype, as diffusers' apply_rotary_emb
+    out = x.astype(FP32) * cos[None, :, None, :] + rotated.astype(FP32) * sin[None, :, None, :]
+    return out.astype(x.dtype)
 
 
 class CogVideoXAttention(nn.Cell):
@@ -412,10 +414,16 @@ class CogVideoXTransformer3DModel(nn.Cell):
         if f != self.latent_frames or h != self.latent_height or w != self.latent_width:
             raise ValueError("CogVideoXTransformer3DModel: the input's latent frames/size differ from the shape "
                              "the network was built for (latent_frames, latent_height, latent_width)")
+        # inputs arrive in float32 and are cast to the weights' compute dtype; the output is float32
+        dtype = self.proj_out.weight.dtype
+        hidden_states = hidden_states.astype(dtype)
+        encoder_hidden_states = encoder_hidden_states.astype(dtype)
+        if rotary_cos is not None:
+            rotary_cos, rotary_sin = rotary_cos.astype(FP32), rotary_sin.astype(FP32)
         # 1. time embedding
-        emb = self.time_embedding(self.time_proj(timestep).astype(hidden_states.dtype))  # [B, T]
+        emb = self.time_embedding(self.time_proj(timestep).astype(dtype))  # [B, T]
         if self.has_ofs:
-            emb = emb + self.ofs_embedding(self.ofs_proj(ofs).astype(hidden_states.dtype))
+            emb = emb + self.ofs_embedding(self.ofs_proj(ofs).astype(dtype))
         # 2. patch embedding
         x = self.patch_embed(encoder_hidden_states, hidden_states)  # [B, L + N, D]
         text_len = encoder_hidden_states.shape[1]
@@ -438,7 +446,7 @@ class CogVideoXTransformer3DModel(nn.Cell):
             pt = self.config.patch_size_t
             out = hidden_states.reshape(b, f // pt, h // p, w // p, oc, pt, p, p)
             out = out.transpose(0, 1, 5, 4, 2, 6, 3, 7).reshape(b, f, oc, h, w)
-        return out
+        return out.astype(FP32)
 
 
 def build_transformer(config: CogVideoXTransformerConfig, latent_frames: Optional[int] = None,

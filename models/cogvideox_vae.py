@@ -25,7 +25,7 @@ from typing import Optional
 
 from mindspore import nn, ops
 
-from .layers import Conv2d, Conv3d, GroupNorm, silu
+from .layers import FP32, Conv2d, Conv3d, GroupNorm, pad_bottom_right, silu
 from .loading import register
 
 
@@ -262,7 +262,7 @@ class CogVideoXDownsample3D(nn.Cell):
                     x = ops.cat((x[:, :, :1], rest), 2)
             else:
                 x = x.reshape(b, c, t // 2, 2, h, w).mean(3)
-        x = ops.pad(x, (0, 1, 0, 1))
+        x = pad_bottom_right(x)
         b, c, t, h, w = x.shape
         y = self.conv(x.transpose(0, 2, 1, 3, 4).reshape(b * t, c, h, w))  # [B*T, C, H', W']
         return y.reshape(b, t, c, y.shape[2], y.shape[3]).transpose(0, 2, 1, 3, 4)
@@ -295,6 +295,17 @@ def _cache_at(caches, i: int):
     if caches is None:
         return None
     return caches[i]
+
+
+def _cast_all(tensors, dtype):
+    """Every tensor of a tuple (or None) in ``dtype``. Graph inputs and outputs are float32 whatever
+    the compute dtype, so the runtime carries the caches as it carries every other tensor."""
+    if tensors is None:
+        return None
+    out = ()
+    for t in tensors:
+        out = out + (t.astype(dtype),)
+    return out
 
 
 def _run_resnets(resnets, x, zq, caches, offset: int):
@@ -381,6 +392,11 @@ class CogVideoXEncoder3D(nn.Cell):
         self.num_caches = 2 + sum(b.num_caches for b in blocks) + self.mid_block.num_caches
 
     def construct(self, x, caches=None):
+        dtype = self.conv_in.conv.weight.dtype
+        h, new = self._encode(x.astype(dtype), _cast_all(caches, dtype))
+        return h.astype(FP32), _cast_all(new, FP32)
+
+    def _encode(self, x, caches):
         h, new = self.conv_in(x, _cache_at(caches, 0))
         new = (new,)
         offset = 1
@@ -422,6 +438,11 @@ class CogVideoXDecoder3D(nn.Cell):
         self.num_caches = 2 + self.mid_block.num_caches + sum(b.num_caches for b in blocks)
 
     def construct(self, z, caches=None):
+        dtype = self.conv_in.conv.weight.dtype
+        h, new = self._decode(z.astype(dtype), _cast_all(caches, dtype))
+        return h.astype(FP32), _cast_all(new, FP32)
+
+    def _decode(self, z, caches):
         h, new = self.conv_in(z, _cache_at(caches, 0))
         new = (new,)
         offset = 1

@@ -36,11 +36,12 @@ def erf(x):
 
 
 def gelu(x, approximate: str = "none"):
-    # exact (erf) GELU as torch.nn.functional.gelu; "tanh" for gelu-approximate
-    if approximate == "tanh":
-        return 0.5 * x * (1.0 + ops.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+    # exact (erf) GELU as torch.nn.functional.gelu; "tanh" for gelu-approximate. In float32 for a
+    # half-precision x, as torch's CPU kernels compute it
     dtype = x.dtype
     h = x.astype(FP32)
+    if approximate == "tanh":
+        return (0.5 * h * (1.0 + ops.tanh(0.7978845608028654 * (h + 0.044715 * h * h * h)))).astype(dtype)
     return (0.5 * h * (1.0 + erf(h * 0.7071067811865476))).astype(dtype)
 
 
@@ -445,12 +446,17 @@ class Downsample2D(nn.Cell):
 
     def construct(self, x):
         if self.padding == 0:
-            # pad one zero row (bottom) and column (right); written as concats so that it also
-            # traces in bf16, which ops.pad's scalar fill does not accept
-            n, c, h, w = x.shape
-            x = ops.cat((x, ops.zeros((n, c, h, 1), x.dtype)), 3)
-            x = ops.cat((x, ops.zeros((n, c, 1, w + 1), x.dtype)), 2)
+            x = pad_bottom_right(x)
         return self.conv(x)
+
+
+def pad_bottom_right(x):
+    """One zero row at the bottom and one zero column at the right of [..., H, W] (torch's
+    ``F.pad(x, (0, 1, 0, 1))``), written as concats so that it also traces in bf16, which
+    ``ops.pad``'s scalar fill does not accept."""
+    lead, h, w = x.shape[:-2], x.shape[-2], x.shape[-1]
+    x = ops.cat((x, ops.zeros(lead + (h, 1), x.dtype)), -1)
+    return ops.cat((x, ops.zeros(lead + (1, w + 1), x.dtype)), -2)
 
 
 # ----------------------------------------------------------------------------- embeddings

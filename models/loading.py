@@ -158,9 +158,9 @@ def _ms_dtype(dtype: str):
     return {"fp32": ms.float32, "fp16": ms.float16, "bf16": ms.bfloat16}[dtype]
 
 
-def load_state_dict(cell, state: dict, dtype: str = "fp32", source: str = "checkpoint"):
+def load_state_dict(cell, state: dict, dtype: str = "fp32", source: str = "checkpoint", keep_fp32: tuple = ()):
     """Copy ``state`` into ``cell`` strictly: every parameter must be present with its exact
-    shape and no key may be left over. Floating parameters take ``dtype``."""
+    shape and no key may be left over. Floating parameters take ``dtype`` (but see ``keep_fp32``)."""
     import mindspore as ms
     from .layers import parameters_by_name
 
@@ -177,29 +177,33 @@ def load_state_dict(cell, state: dict, dtype: str = "fp32", source: str = "check
             if keys:
                 lines.append(f"  {label} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
         raise LoadError("\n".join(lines))
-    set_dtype(cell, dtype)
-    target = _ms_dtype(dtype)
+    set_dtype(cell, dtype, keep_fp32)
     for name, param in params.items():
         value = state[name]
         if np.issubdtype(value.dtype, np.floating):
-            value = value.astype(np.float32)
-            param.set_data(ms.Tensor(value).astype(target))
+            param.set_data(ms.Tensor(value.astype(np.float32), dtype=param.dtype))
         else:
             param.set_data(ms.Tensor(value))
 
 
-def set_dtype(cell, dtype: str):
-    """Give every floating parameter the compute dtype (used for random-weight exports too)."""
+def kept_in_fp32(name: str, dtype: str, keep_fp32: tuple = ()) -> bool:
+    """transformers' ``_keep_in_fp32_modules``: in an fp16 model (not bf16) the parameters of the
+    named submodules stay float32 (T5's ``wo``, whose outputs overflow fp16)."""
+    return dtype == "fp16" and any(part in keep_fp32 for part in name.split(".")[:-1])
+
+
+def set_dtype(cell, dtype: str, keep_fp32: tuple = ()):
+    """Give every floating parameter the compute dtype (used for random-weight exports too), but for
+    the submodules ``keep_fp32`` names in an fp16 network (see :func:`kept_in_fp32`)."""
     import mindspore as ms
     from .layers import parameters_by_name
 
-    target = _ms_dtype(dtype)
-    for param in parameters_by_name(cell).values():
+    for name, param in parameters_by_name(cell).items():
+        target = _ms_dtype("fp32" if kept_in_fp32(name, dtype, keep_fp32) else dtype)
         if param.dtype in (ms.float32, ms.float16, ms.bfloat16) and param.dtype != target:
-            data = param.data.astype(target)
-            # the cast is launched asynchronously: let it finish before the parameter's own tensor
-            # changes dtype under it (without this, a bf16 export segfaulted here now and then)
-            ms.runtime.synchronize()
+            # converted on the host from float32 numpy: an asynchronous device-side cast racing the
+            # parameter's dtype change segfaulted a bf16 export now and then
+            data = ms.Tensor(param.data.astype(ms.float32).asnumpy(), dtype=target)
             param.set_dtype(target)
             param.set_data(data)
 
@@ -211,13 +215,14 @@ class NetworkSpec:
     config_cls: type
     build: Callable  # config -> nn.Cell
     map_weights: Optional[Callable] = None  # (key, value) -> [(key, value), ...]
+    keep_fp32: tuple = ()  # submodule names whose parameters stay float32 in an fp16 network
 
 
 NETWORKS: dict[str, NetworkSpec] = {}
 
 
-def register(class_name: str, config_cls, build, map_weights=None):
-    NETWORKS[class_name] = NetworkSpec(class_name, config_cls, build, map_weights)
+def register(class_name: str, config_cls, build, map_weights=None, keep_fp32: tuple = ()):
+    NETWORKS[class_name] = NetworkSpec(class_name, config_cls, build, map_weights, tuple(keep_fp32))
 
 
 def _ensure_registered():
@@ -257,11 +262,11 @@ def load_network(component_dir, variant: Optional[str] = None, dtype: str = "fp3
     spec, config = load_config(component_dir)
     cell = spec.build(config, **build_kwargs)
     if random_weights:
-        set_dtype(cell, dtype)
+        set_dtype(cell, dtype, spec.keep_fp32)
         return cell, config
     state = read_weights(component_dir, variant)
     if spec.map_weights is not None:
         state = dict(kv for key, value in state.items() for kv in spec.map_weights(key, value))
-    load_state_dict(cell, state, dtype=dtype, source=str(component_dir))
+    load_state_dict(cell, state, dtype=dtype, source=str(component_dir), keep_fp32=spec.keep_fp32)
     return cell, config
 

@@ -21,6 +21,7 @@ import math
 from typing import Optional
 
 import numpy as np
+import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from .layers import FP32, Linear, RMSNorm, gelu, scaled_dot_product_attention, silu
@@ -139,10 +140,31 @@ class Embedding(nn.Cell):
 
 
 class T5LayerNorm(RMSNorm):
-    """T5's RMS norm: variance in float32, weight applied after, no bias."""
+    """T5's RMS norm: variance in float32, weight applied after, no bias. The output takes the
+    weight's dtype (transformers: a half-precision model's norms cast back to half, so the fp32
+    residual stream of an fp16 model feeds half-precision layers)."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__(dim, eps=eps, elementwise_affine=True)
+
+    def construct(self, x):
+        return super().construct(x.astype(FP32)).astype(self.weight.dtype)
+
+
+def residual_add(x, y):
+    """x + y with torch's type promotion: an fp16 sum with an fp32 ``wo`` output is fp32."""
+    if x.dtype != y.dtype:
+        return x.astype(FP32) + y.astype(FP32)
+    return x + y
+
+
+def clamp_fp16(x):
+    """transformers' T5Block clamp of an fp16 residual stream: to the fp16 range, or 1000 below
+    it when the stream already holds an inf."""
+    if x.dtype != ms.float16:
+        return x
+    limit = ops.select(ops.isinf(x).any(), Tensor(65504.0 - 1000.0, ms.float16), Tensor(65504.0, ms.float16))
+    return ops.clamp(x, -limit, limit)
 
 
 class T5Attention(nn.Cell):
@@ -179,7 +201,7 @@ class T5LayerSelfAttention(nn.Cell):
         self.layer_norm = T5LayerNorm(config.d_model, config.layer_norm_epsilon)
 
     def construct(self, x, position_bias):
-        return x + self.SelfAttention(self.layer_norm(x), position_bias)
+        return residual_add(x, self.SelfAttention(self.layer_norm(x), position_bias))
 
 
 class T5DenseActDense(nn.Cell):
@@ -192,7 +214,7 @@ class T5DenseActDense(nn.Cell):
         self.act = config.activation
 
     def construct(self, x):
-        return self.wo(t5_activation(self.wi(x), self.act))
+        return self.wo(t5_activation(self.wi(x), self.act).astype(self.wo.weight.dtype))
 
 
 class T5DenseGatedActDense(nn.Cell):
@@ -206,7 +228,8 @@ class T5DenseGatedActDense(nn.Cell):
         self.act = config.activation
 
     def construct(self, x):
-        return self.wo(t5_activation(self.wi_0(x), self.act) * self.wi_1(x))
+        # wo may be float32 in an fp16 network (``keep_fp32``): its input is cast to it, as transformers does
+        return self.wo((t5_activation(self.wi_0(x), self.act) * self.wi_1(x)).astype(self.wo.weight.dtype))
 
 
 class T5LayerFF(nn.Cell):
@@ -216,7 +239,7 @@ class T5LayerFF(nn.Cell):
         self.layer_norm = T5LayerNorm(config.d_model, config.layer_norm_epsilon)
 
     def construct(self, x):
-        return x + self.DenseReluDense(self.layer_norm(x))
+        return residual_add(x, self.DenseReluDense(self.layer_norm(x)))
 
 
 class T5Block(nn.Cell):
@@ -225,7 +248,7 @@ class T5Block(nn.Cell):
         self.layer = nn.CellList([T5LayerSelfAttention(config, has_relative_attention_bias), T5LayerFF(config)])
 
     def construct(self, x, position_bias):
-        return self.layer[1](self.layer[0](x, position_bias))
+        return clamp_fp16(self.layer[1](clamp_fp16(self.layer[0](x, position_bias))))
 
 
 class T5Stack(nn.Cell):
@@ -253,7 +276,7 @@ class T5Stack(nn.Cell):
 
 
 class T5EncoderModel(nn.Cell):
-    """input_ids [B, L] int32 -> last_hidden_state [B, L, d_model]."""
+    """input_ids [B, L] int32 -> last_hidden_state [B, L, d_model] float32 (computed in the weights' dtype)."""
 
     def __init__(self, config: T5Config, max_positions: int = 512):
         super().__init__()
@@ -262,7 +285,7 @@ class T5EncoderModel(nn.Cell):
         self.encoder = T5Stack(config, max_positions)
 
     def construct(self, input_ids):
-        return self.encoder(self.shared(input_ids))
+        return self.encoder(self.shared(input_ids)).astype(FP32)
 
 
 def map_t5_weights(key: str, value):
@@ -279,4 +302,4 @@ def build_t5_encoder(config: T5Config, max_positions: int = 512):
     return T5EncoderModel(config, max_positions=max_positions)
 
 
-register("T5EncoderModel", T5Config, build_t5_encoder, map_t5_weights)
+register("T5EncoderModel", T5Config, build_t5_encoder, map_t5_weights, keep_fp32=("wo",))

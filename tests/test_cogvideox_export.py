@@ -57,5 +57,16 @@ def test_bad_export_requests_are_named():
         _dry("cogvideox-5b", frames=0, height=480, width=720)
     with pytest.raises(ValueError, match="decode-chunk-size"):
         _dry("cogvideox-2b", frames=49, height=480, width=720, decode_chunk_size=4)
-    with pytest.raises(ValueError, match="fp32 only"):
-        _dry("cogvideox-2b", frames=49, height=480, width=720, dtype="fp16")
+    with pytest.raises(ValueError, match="unsupported dtype 'fp8'"):
+        _dry("cogvideox-2b", frames=49, height=480, width=720, dtype="fp8")
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_half_precision_plans_keep_float32_graph_io(dtype):
+    """Half-precision CogVideoX exports compute in fp16/bf16 but keep every graph input and output
+    (caches included) in float32, and are validated with the half-precision tolerance."""
+    m = _dry("cogvideox-5b", frames=49, height=480, width=720, dtype=dtype)
+    assert m["dtype"] == dtype
+    for graph in m["graphs"].values():
+        assert graph["tolerance"] == 2e-2
+        assert {t["dtype"] for t in graph["inputs"] + graph["outputs"]} <= {"float32", "int32"}

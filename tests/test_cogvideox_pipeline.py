@@ -313,3 +313,47 @@ def test_generate_video_cli_tiling(tiled_export, exports, tmp_path):
     assert main([str(tiled_export), "--out", str(tmp_path / "tiled.gif"), *common]) == 0
     assert (tmp_path / "tiled.gif").stat().st_size > 0
     assert main([str(exports[("t2v", 8)]), "--out", str(tmp_path / "x.gif"), *common]) == 2  # exported without tiles
+
+
+def test_fp16_export_matches_diffusers_within_half_precision(snapshots, tmp_path, monkeypatch):
+    """An fp16 export computes in fp16 (T5's wo in fp32, norms, softmax, rotary and GELU in fp32)
+    with float32 graph inputs and outputs; T2V over two decode batches (the caches cross a batch in
+    fp16) and V2V over two encode batches stay within half-precision rounding of diffusers' fp32."""
+    from PIL import Image
+
+    folder, _ = snapshots["t2v"]
+    out = export_model(str(folder), str(tmp_path / "e"), frames=17, height=HEIGHT, width=WIDTH, dtype="fp16",
+                       with_video_encoder=True, log=lambda *a: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dtype"] == "fp16" and manifest["graphs"]["vae_decoder"]["tolerance"] == 2e-2
+    t2v = load_pipeline(out, backend="mindspore")
+    latents = _latents(17)
+    kwargs = dict(COMMON, prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=17, guidance_scale=5.0)
+    expected = np.asarray(_reference("t2v", snapshots, "ddim")(latents=torch.tensor(latents), **kwargs).frames)
+    got = t2v(latents=latents, **kwargs).frames
+    err = np.abs(got - expected).max()
+    print("fp16 t2v", err)
+    assert got.dtype == np.float32 and got.shape == expected.shape and err <= 2e-2, err
+
+    v2v = load_pipeline(out, backend="mindspore", pipeline="video2video")
+    video = _video(17)
+    kwargs = dict(COMMON, prompt=PROMPT, guidance_scale=3.0, strength=0.7)
+    shared_noise(monkeypatch, seed=15)
+    expected = np.asarray(_reference("v2v", snapshots, "ddim")(video=[Image.fromarray(f) for f in video],
+                                                                **kwargs).frames)
+    got = v2v(video=video, seed=15, **kwargs).frames
+    err = np.abs(got - expected).max()
+    print("fp16 v2v", err)
+    assert got.shape == expected.shape and err <= 2e-2, err
+
+
+def test_bf16_i2v_export_is_built_and_refused_on_the_cpu(snapshots, tmp_path):
+    """bf16 (CogVideoX-5B's own dtype, for Ascend) traces every I2V graph; MindSpore 2.7.1 has no bf16
+    CPU kernels, so loading it here is refused with a clear error."""
+    from video_aot.runtime import ExportInvalid
+
+    out = export_model(str(snapshots["i2v"][0]), str(tmp_path / "e"), frames=I2V_FRAMES, height=HEIGHT,
+                       width=WIDTH, dtype="bf16", log=lambda *a: None)
+    assert json.loads((out / "manifest.json").read_text())["dtype"] == "bf16"
+    with pytest.raises(ExportInvalid, match="bf16 .*Ascend"):
+        load_pipeline(out, backend="mindspore")

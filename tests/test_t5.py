@@ -52,3 +52,28 @@ def test_t5_config_errors():
         T5Config(feed_forward_proj="gated-mish")
     with pytest.raises(ValueError, match="contradicts"):
         T5Config(feed_forward_proj="gated-gelu", dense_act_fn="relu")
+
+
+def test_fp16_keeps_wo_in_fp32_as_transformers_does(tmp_path):
+    """An fp16 T5 keeps its ``wo`` projections in float32 (transformers' _keep_in_fp32_modules) and
+    matches transformers' own fp16 model on the CPU within fp16 rounding; bf16 casts everything."""
+    import mindspore as ms
+    from transformers import T5EncoderModel
+
+    ref = tiny_t5(seed=2)
+    ref.save_pretrained(tmp_path)
+    ids = np.random.default_rng(1).integers(0, TINY_T5["vocab_size"], (2, 19)).astype(np.int32)
+    with torch.no_grad():
+        expected32 = ref(torch.tensor(ids, dtype=torch.long)).last_hidden_state.numpy()
+        half = T5EncoderModel.from_pretrained(tmp_path, dtype=torch.float16)
+        expected16 = half(torch.tensor(ids, dtype=torch.long)).last_hidden_state.float().numpy()
+    cell, _ = load_network(tmp_path, dtype="fp16", max_positions=64)
+    dtypes = {name: p.dtype for name, p in cell.parameters_and_names()}
+    assert dtypes["encoder.block.1.layer.1.DenseReluDense.wo.weight"] == ms.float32
+    assert dtypes["encoder.block.1.layer.1.DenseReluDense.wi_0.weight"] == ms.float16
+    assert dtypes["encoder.block.1.layer.0.SelfAttention.o.weight"] == ms.float16
+    ours = cell(ms.Tensor(ids)).asnumpy()
+    assert ours.dtype == np.float32
+    assert rel_l2(ours, expected16) <= 5e-3 and rel_l2(ours, expected32) <= 5e-3
+    bf16, _ = load_network(tmp_path, dtype="bf16", max_positions=64)
+    assert {p.dtype for p in bf16.get_parameters()} == {ms.bfloat16}
