@@ -254,6 +254,11 @@ def compare(current: dict, baseline: dict, threshold: float = 0.10) -> tuple[lis
     if current.get("tier") != baseline.get("tier") or current.get("shapes") != baseline.get("shapes"):
         lines.append(f"warning: comparing tier {current.get('tier')} {current.get('shapes')} against "
                      f"baseline tier {baseline.get('tier')} {baseline.get('shapes')}")
+    cpu, base_cpu = (r.get("machine", {}).get("cpu_model") for r in (current, baseline))
+    if cpu != base_cpu:
+        lines.append(f"warning: the baseline was measured on {base_cpu!r} and this run on {cpu!r}; the ratios "
+                     "depend on the CPU (MindSpore's and torch's kernels differ by machine), so a change here "
+                     "may be the machine's. Gate against a baseline from the same machine.")
     cur, base = gated_figures(current), gated_figures(baseline)
     lines.append(f"{'figure':34s} {'baseline':>10s} {'current':>10s} {'change':>8s}  (threshold +{threshold:.0%})")
     for name, value in cur.items():

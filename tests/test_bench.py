@@ -89,6 +89,12 @@ def test_gate_passes_against_itself_and_fails_on_a_better_baseline(run, tmp_path
     close = tmp_path / "close.json"
     close.write_text(json.dumps(_doctored(record, 0.95)))
     assert bench_main(["--compare", str(close), "--record", str(run["record"]), "--threshold", "0.10"]) == 0
+    assert "measured on" not in capsys.readouterr().out
+    # a baseline from another CPU is still gated, with a warning that the ratios depend on the machine
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**record, "machine": {**record["machine"], "cpu_model": "Another CPU"}}))
+    assert bench_main(["--compare", str(other), "--record", str(run["record"]), "--threshold", "0.10"]) == 0
+    assert "baseline was measured on 'Another CPU'" in capsys.readouterr().out
 
 
 def test_history_chart_renders(run, tmp_path):
