@@ -224,10 +224,13 @@ def start_server(args):
     import httpx
 
     port = free_port()
-    data_dir = args.data_dir or tempfile.mkdtemp(prefix="serve-load-")
+    data_dir = str(Path(args.data_dir or tempfile.mkdtemp(prefix="serve-load-")).resolve())
     log_path = Path(data_dir) / "server.log"
     Path(data_dir).mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "video_aot.runtime.server", *args.serve, "--port", str(port), "--data-dir", data_dir,
+    # the server runs in data_dir (its compile leftovers stay there): export paths must be absolute
+    exports = [entry.split("=", 1)[0] + "=" + str(Path(entry.split("=", 1)[1]).resolve()) if "=" in entry
+               else str(Path(entry).resolve()) for entry in args.serve]
+    cmd = [sys.executable, "-m", "video_aot.runtime.server", *exports, "--port", str(port), "--data-dir", data_dir,
            "--max-queue", str(args.max_queue), "--log-level", "warning"]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir)
