@@ -523,3 +523,17 @@ def test_request_schema_is_generic_over_families(svd_export):
     assert schema == {"image": {"type": "image", "required": True}, "prompt": {"type": "string", "required": True},
                       "negative_prompt": {"type": "string"}, "resize": {"type": "boolean", "default": False}}
 
+
+
+def test_load_script_serves_a_relative_export_path(svd_export, tmp_path, monkeypatch):
+    """benchmarks/load.py --serve with the export given relative to the caller's directory (the
+    server itself runs in its data dir): a short bounded run where every accepted job succeeds."""
+    from video_aot.benchmarks.load import main as load_main
+
+    monkeypatch.chdir(svd_export.parent)
+    report = tmp_path / "load.json"
+    assert load_main(["--serve", f"svd={svd_export.name}", "--clients", "2", "--inflight", "1", "--duration", "3",
+                      "--steps", "1", "--max-queue", "2", "--data-dir", str(tmp_path / "data"),
+                      "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["accepted"] >= 1 and result["succeeded"] == result["accepted"] and result["failed"] == 0
