@@ -6,7 +6,7 @@ import inspect
 from pathlib import Path
 from typing import Optional
 
-from video_aot.models.loading import DTYPES
+from video_aot.models.loading import check_dtype
 
 from .sources import Source, resolve
 from .writer import export_key, write_export
@@ -45,8 +45,7 @@ def export_model(model: str, out: str, frames: int, height: int, width: int, bat
     family's ``forward_chunking="1:1"``); options left at None are not passed."""
     import mindspore as ms
 
-    if dtype not in DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}; choose one of {DTYPES}")
+    check_dtype(dtype)
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     source: Source = resolve(model, weights, random_weights)
     module = family_module(source.pipeline)

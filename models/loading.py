@@ -150,11 +150,16 @@ def read_weights(component_dir, variant: Optional[str] = None) -> dict:
 
 
 # ----------------------------------------------------------------------------- strict load
+def check_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; choose one of {DTYPES}")
+    return dtype
+
+
 def _ms_dtype(dtype: str):
     import mindspore as ms
 
-    if dtype not in DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}; choose one of {DTYPES}")
+    check_dtype(dtype)
     return {"fp32": ms.float32, "fp16": ms.float16, "bf16": ms.bfloat16}[dtype]
 
 

@@ -202,7 +202,28 @@ def _temporal(channels, heads, config, num_frames):
                                     config.cross_attention_dim, num_frames)
 
 
-class DownBlock3D(nn.Cell):
+class _Block3D(nn.Cell):
+    """What the UNet3D down and up blocks share: per layer, resnet -> temporal conv [-> spatial
+    attention -> temporal attention]."""
+
+    def _add_layers(self, n, out_channels, config, heads, num_frames, cross_attention):
+        self.temp_convs = nn.CellList([
+            TemporalConvLayer(out_channels, out_channels, config.norm_num_groups, num_frames) for _ in range(n)
+        ])
+        self.attentions = nn.CellList([_spatial(out_channels, heads, config) for _ in range(n)]) \
+            if cross_attention else None
+        self.temp_attentions = nn.CellList([_temporal(out_channels, heads, config, num_frames) for _ in range(n)]) \
+            if cross_attention else None
+
+    def _layer(self, i, x, temb, encoder_hidden_states):
+        x = self.temp_convs[i](self.resnets[i](x, temb))
+        if self.attentions is not None:
+            x = self.attentions[i](x, encoder_hidden_states)
+            x = self.temp_attentions[i](x)
+        return x
+
+
+class DownBlock3D(_Block3D):
     """resnet -> temporal conv [-> spatial attention -> temporal attention] per layer, then a
     stride-2 conv. ``cross_attention`` selects CrossAttnDownBlock3D."""
 
@@ -213,13 +234,7 @@ class DownBlock3D(nn.Cell):
         self.resnets = nn.CellList([
             _resnet(in_channels if i == 0 else out_channels, out_channels, temb_channels, config) for i in range(n)
         ])
-        self.temp_convs = nn.CellList([
-            TemporalConvLayer(out_channels, out_channels, config.norm_num_groups, num_frames) for _ in range(n)
-        ])
-        self.attentions = nn.CellList([_spatial(out_channels, heads, config) for _ in range(n)]) \
-            if cross_attention else None
-        self.temp_attentions = nn.CellList([_temporal(out_channels, heads, config, num_frames) for _ in range(n)]) \
-            if cross_attention else None
+        self._add_layers(n, out_channels, config, heads, num_frames, cross_attention)
         self.downsamplers = nn.CellList([
             Downsample2D(out_channels, out_channels=out_channels, padding=config.downsample_padding)
         ]) if add_downsample else None
@@ -227,10 +242,7 @@ class DownBlock3D(nn.Cell):
     def construct(self, x, temb, encoder_hidden_states):
         outputs = ()
         for i in range(len(self.resnets)):
-            x = self.temp_convs[i](self.resnets[i](x, temb))
-            if self.attentions is not None:
-                x = self.attentions[i](x, encoder_hidden_states)
-                x = self.temp_attentions[i](x)
+            x = self._layer(i, x, temb, encoder_hidden_states)
             outputs = outputs + (x,)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
@@ -238,7 +250,7 @@ class DownBlock3D(nn.Cell):
         return x, outputs
 
 
-class UpBlock3D(nn.Cell):
+class UpBlock3D(_Block3D):
     """Per layer: concat the skip, resnet -> temporal conv [-> spatial -> temporal attention];
     then nearest 2x + conv. ``cross_attention`` selects CrossAttnUpBlock3D."""
 
@@ -252,13 +264,7 @@ class UpBlock3D(nn.Cell):
             res_in = prev_output_channel if i == 0 else out_channels
             resnets.append(_resnet(res_in + skip, out_channels, temb_channels, config))
         self.resnets = nn.CellList(resnets)
-        self.temp_convs = nn.CellList([
-            TemporalConvLayer(out_channels, out_channels, config.norm_num_groups, num_frames) for _ in range(n)
-        ])
-        self.attentions = nn.CellList([_spatial(out_channels, heads, config) for _ in range(n)]) \
-            if cross_attention else None
-        self.temp_attentions = nn.CellList([_temporal(out_channels, heads, config, num_frames) for _ in range(n)]) \
-            if cross_attention else None
+        self._add_layers(n, out_channels, config, heads, num_frames, cross_attention)
         self.upsamplers = nn.CellList([Upsample2D(out_channels, out_channels=out_channels)]) if add_upsample else None
 
     def construct(self, x, skips, temb, encoder_hidden_states, upsample_size=None):
@@ -266,10 +272,7 @@ class UpBlock3D(nn.Cell):
         n = len(self.resnets)
         for i in range(n):
             x = ops.cat((x, skips[n - 1 - i]), 1)
-            x = self.temp_convs[i](self.resnets[i](x, temb))
-            if self.attentions is not None:
-                x = self.attentions[i](x, encoder_hidden_states)
-                x = self.temp_attentions[i](x)
+            x = self._layer(i, x, temb, encoder_hidden_states)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x, upsample_size)
         return x
