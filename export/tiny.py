@@ -258,7 +258,7 @@ def write_tiny_snapshot(name: str, folder: Path | None = None, seed: int = 0) ->
     The same name and seed always give the same bytes."""
     import mindspore as ms  # noqa: F401  (the networks below are MindSpore cells)
 
-    from video_aot.models.layers import parameters_by_name
+    from video_aot.models.layers import checkpoint_shape, parameters_by_name
     from video_aot.models.loading import load_config
 
     if name not in TINY:
@@ -285,14 +285,14 @@ def write_tiny_snapshot(name: str, folder: Path | None = None, seed: int = 0) ->
 
             def tensors():
                 for key, param in parameters_by_name(cell).items():
-                    value = param.asnumpy().astype(np.float32)
+                    value = param.asnumpy().astype(np.float32).reshape(checkpoint_shape(param))
                     # move the constant-initialised tensors (norm affines, biases) off their defaults
                     yield key, value + rng.normal(0.0, 0.02, value.shape).astype(np.float32)
 
             stem = "model" if (work / component / "config.json").read_text().find('"architectures"') >= 0 \
                 else "diffusion_pytorch_model"
             _write_safetensors(work / component / f"{stem}.safetensors",
-                               {k: tuple(p.shape) for k, p in parameters_by_name(cell).items()}, tensors())
+                               {k: checkpoint_shape(p) for k, p in parameters_by_name(cell).items()}, tensors())
             del cell
         if spec.get("tokenizer") in ("generated", "generated-t5"):
             shutil.rmtree(work / "tokenizer", ignore_errors=True)

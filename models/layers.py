@@ -25,15 +25,6 @@ def silu(x):
     return x * ops.sigmoid(x)
 
 
-def _erfc_abs(a):
-    """erfc(a) for a >= 0 from elementwise ops (Abramowitz-Stegun 7.1.26, |error| < 1.5e-7).
-    MindSpore 2.7.1's CPU Erf kernel is ~8x slower than torch's and does not fuse; this form fuses
-    under graph-kernel fusion and is faster than the kernel even without it."""
-    t = 1.0 / (1.0 + 0.3275911 * a)
-    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    return poly * ops.exp(-(a * a))
-
-
 def gelu(x, approximate: str = "none"):
     # exact (erf) GELU as torch.nn.functional.gelu; "tanh" for gelu-approximate. In float32 for a
     # half-precision x, as torch's CPU kernels compute it
@@ -41,10 +32,10 @@ def gelu(x, approximate: str = "none"):
     h = x.astype(FP32)
     if approximate == "tanh":
         return (0.5 * h * (1.0 + ops.tanh(0.7978845608028654 * (h + 0.044715 * h * h * h)))).astype(dtype)
-    # x * Phi(x) = 0.5 * (x + |x| * erf(|x| / sqrt(2))): no Sign, whose CPU kernel took 2.2 ms a
-    # call in the SVD-XT small-tier UNet (4% of the step)
-    a = ops.abs(h)
-    return (0.5 * (h + a * (1.0 - _erfc_abs(a * 0.7071067811865476)))).astype(dtype)
+    # the Erf kernel, 5 ops a call. A polynomial erf (Abramowitz-Stegun 7.1.26, ~20 elementwise ops)
+    # was faster on an AMD EPYC, but in the SVD-XT small UNet's per-op profile on an Intel Xeon its
+    # ops took about 190 ms a step against 115 ms for Erf (benchmarks/NOTES.md, change 7)
+    return (h * (0.5 + 0.5 * ops.erf(h * 0.7071067811865476))).astype(dtype)
 
 
 def quick_gelu(x):
@@ -68,15 +59,20 @@ def get_activation(name: str):
 
 
 # ----------------------------------------------------------------------------- norms
-def _row_stats(h, n: int, eps: float):
-    """h: [M, n] float32 -> (h - mean) * rsqrt(var + eps), per row. The means are matmuls with a
-    1/n column: MindSpore's CPU reduction kernels are several times slower than its matmul, and
-    the elementwise rest fuses under graph-kernel fusion. Two passes (mean, then the mean of the
-    centred squares) keep the variance as accurate as torch's."""
+def _centred_rstd(h, n: int, eps: float):
+    """h: [M, n] float32 -> (h - mean, rsqrt(var + eps)) per row ([M, n], [M, 1]). The means are
+    matmuls with a 1/n column: MindSpore's CPU reduction kernels are several times slower than its
+    matmul. Two passes (mean, then the mean of the centred squares) keep the variance as accurate
+    as torch's."""
     col = ops.ones((n, 1), FP32) * (1.0 / n)
     h = h - ops.matmul(h, col)
-    var = ops.matmul(h * h, col)
-    return h * ops.rsqrt(var + eps)
+    return h, ops.rsqrt(ops.matmul(h * h, col) + eps)
+
+
+def _row_stats(h, n: int, eps: float):
+    """h: [M, n] float32 -> (h - mean) * rsqrt(var + eps), per row."""
+    h, rstd = _centred_rstd(h, n, eps)
+    return h * rstd
 
 
 class GroupNorm(nn.Cell):
@@ -102,12 +98,18 @@ class GroupNorm(nn.Cell):
             n *= s
         n = n // self.num_groups
         # [N, C, *spatial] -> [N*groups, C/groups*spatial]
-        h = _row_stats(x.reshape(shape[0] * self.num_groups, n).astype(FP32), n, self.eps)
-        h = h.reshape(shape)
+        h, rstd = _centred_rstd(x.reshape(shape[0] * self.num_groups, n).astype(FP32), n, self.eps)
+        # one full-size multiply-add: the per-group rstd and the per-channel weight fold into one
+        # [N, C] scale first
+        h = h.reshape(shape[0], self.num_channels, -1)  # [N, C, spatial]
+        rstd = rstd.reshape(shape[0], self.num_groups, 1)
         if self.affine:
-            bshape = (1, self.num_channels) + (1,) * (len(shape) - 2)
-            h = h * self.weight.astype(FP32).reshape(bshape) + self.bias.astype(FP32).reshape(bshape)
-        return h.astype(dtype)
+            scale = rstd * self.weight.astype(FP32).reshape(1, self.num_groups, -1)
+            h = h * scale.reshape(shape[0], self.num_channels, 1) + self.bias.astype(FP32).reshape(-1, 1)
+        else:
+            h = h * ops.broadcast_to(rstd, (shape[0], self.num_groups, self.num_channels // self.num_groups)
+                                     ).reshape(shape[0], self.num_channels, 1)
+        return h.reshape(shape).astype(dtype)
 
 
 class LayerNorm(nn.Cell):
@@ -221,16 +223,28 @@ class Conv3d(_ConvNd):
         # [N, C, T, H*W]: MindSpore's CPU Conv2d is 1.5x (320 channels) to 4x (1280) faster than its
         # Conv3d at the same work, and the result is the same up to summation order
         self.temporal_only = k[1:] == (1, 1) and self.stride[1:] == (1, 1) and self.padding[1:] == (0, 0)
+        if self.temporal_only:
+            # the weight is kept as the Conv2d kernel [out, in, k, 1]: reshaping it in the graph
+            # copied all of it on every call (3.5 ms a call for a 1280-channel layer). The loader
+            # reads the checkpoint's [out, in, k, 1, 1] into it (see ``checkpoint_shape``)
+            five = tuple(self.weight.shape)
+            self.weight = Parameter(Tensor(self.weight.asnumpy().reshape(five[:3] + (1,))), name="weight")
+            self.weight.checkpoint_shape = five
 
     def construct(self, x):
-        # x: [N, C, T, H, W]
+        # x: [N, C, T, H, W]; a temporal-only conv also takes [N, C, T, H*W]
         if self.temporal_only:
-            n, c, t, h, w = x.shape
-            weight = self.weight.reshape(self.weight.shape[:3] + (1,))
-            y = ops.conv2d(x.reshape(n, c, t, h * w), weight, self.bias, (self.stride[0], 1), "pad",
+            shape = x.shape
+            y = ops.conv2d(x.reshape(shape[:3] + (-1,)), self.weight, self.bias, (self.stride[0], 1), "pad",
                            (self.padding[0], 0))
-            return y.reshape(n, y.shape[1], y.shape[2], h, w)
+            return y.reshape(y.shape[:3] + shape[3:])
         return ops.conv3d(x, self.weight, self.bias, self.stride, "pad", self.padding)
+
+
+def checkpoint_shape(param) -> tuple:
+    """The shape a parameter has in a diffusers checkpoint; a layer that keeps a weight in another
+    layout of the same values (Conv3d's temporal-only kernel) records it on the parameter."""
+    return tuple(getattr(param, "checkpoint_shape", None) or param.shape)
 
 
 def parameters_by_name(cell: nn.Cell) -> dict:

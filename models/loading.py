@@ -167,14 +167,14 @@ def load_state_dict(cell, state: dict, dtype: str = "fp32", source: str = "check
     """Copy ``state`` into ``cell`` strictly: every parameter must be present with its exact
     shape and no key may be left over. Floating parameters take ``dtype`` (but see ``keep_fp32``)."""
     import mindspore as ms
-    from .layers import parameters_by_name
+    from .layers import checkpoint_shape, parameters_by_name
 
     params = parameters_by_name(cell)
     missing = sorted(set(params) - set(state))
     unexpected = sorted(set(state) - set(params))
     wrong = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(params[k].shape)}"
-        for k in set(params) & set(state) if tuple(state[k].shape) != tuple(params[k].shape)
+        f"{k}: checkpoint {tuple(state[k].shape)} vs network {checkpoint_shape(params[k])}"
+        for k in set(params) & set(state) if tuple(state[k].shape) != checkpoint_shape(params[k])
     )
     if missing or unexpected or wrong:
         lines = [f"{source}: weights do not match the network built from its config"]
@@ -184,7 +184,7 @@ def load_state_dict(cell, state: dict, dtype: str = "fp32", source: str = "check
         raise LoadError("\n".join(lines))
     set_dtype(cell, dtype, keep_fp32)
     for name, param in params.items():
-        value = state[name]
+        value = np.asarray(state[name]).reshape(tuple(param.shape))
         if np.issubdtype(value.dtype, np.floating):
             param.set_data(ms.Tensor(value.astype(np.float32), dtype=param.dtype))
         else:

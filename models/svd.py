@@ -121,7 +121,7 @@ class AlphaBlender(nn.Cell):
 
 
 class TemporalResnetBlock(nn.Cell):
-    """Resnet over time: Conv3d with kernel (3, 1, 1). x: [B, C, F, H, W]."""
+    """Resnet over time: Conv3d with kernel (3, 1, 1). x: [B, C, F, H*W] (or [B, C, F, H, W])."""
 
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int | None, eps: float):
         super().__init__()
@@ -133,11 +133,11 @@ class TemporalResnetBlock(nn.Cell):
         self.conv_shortcut = Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def construct(self, x, temb=None):
-        # x: [B, C, F, H, W]; temb: [B, F, T]
+        # x: [B, C, F, S]; temb: [B, F, T]
         h = self.conv1(silu(self.norm1(x)))
         if self.time_emb_proj is not None:
-            t = self.time_emb_proj(silu(temb))  # [B, F, C]
-            h = h + t.transpose(0, 2, 1)[:, :, :, None, None]
+            t = self.time_emb_proj(silu(temb)).transpose(0, 2, 1)  # [B, C, F]
+            h = h + t.reshape(t.shape + (1,) * (len(h.shape) - 3))
         h = self.conv2(silu(self.norm2(h)))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
@@ -161,10 +161,11 @@ class SpatioTemporalResBlock(nn.Cell):
         h = self.spatial_res_block(x, temb)
         bf, c, hgt, wid = h.shape
         b = bf // self.num_frames
-        h = h.reshape(b, self.num_frames, c, hgt, wid).transpose(0, 2, 1, 3, 4)  # [B, C, F, H, W]
+        # [B, C, F, H*W]: 4-D, so that the temporal convs need no copy to flatten H and W
+        h = h.reshape(b, self.num_frames, c, hgt * wid).transpose(0, 2, 1, 3)
         t = None if temb is None else temb.reshape(b, self.num_frames, -1)
         mixed = self.time_mixer(h, self.temporal_res_block(h, t))
-        return mixed.transpose(0, 2, 1, 3, 4).reshape(bf, c, hgt, wid)
+        return mixed.transpose(0, 2, 1, 3).reshape(bf, c, hgt, wid)
 
 
 # ============================================================================= UNet
