@@ -8,7 +8,9 @@ torch eager measured in the same run, with a history and a regression gate.
   bench-model --plot [--plot-out history.png] chart the history
 
 Each backend runs in a process of its own, one after the other (exported, PyNative, torch), so
-that each peak memory figure is that backend's own and multi-GB models never coexist.
+that each peak memory figure is that backend's own and multi-GB models never coexist. With
+``--rounds N`` the exported and torch processes run N times in turn (PyNative once): each round's
+ratio compares two runs minutes apart, and the quoted ratio is the median over rounds.
 """
 from __future__ import annotations
 
@@ -88,22 +90,32 @@ def run_benchmark(args, log=print) -> dict:
               "compile_cache": compile_cache}
     graph_kernel = settings_tier.graph_kernel if args.graph_kernel is None else args.graph_kernel
     backend_options = {"graph_kernel": graph_kernel}
-    results = {"exported": run_worker("exported", {**common, "backend_options": backend_options}, log)}
+    rounds = args.rounds or settings_tier.rounds
+    if rounds < 1:
+        raise ValueError(f"--rounds must be at least 1, got {rounds}")
     baselines = [b for b in args.baselines.split(",") if b]
     errors = {}
-    for kind in baselines:
-        if kind == "torch" and not torch_available():
-            errors[kind] = "torch or diffusers is not installed"
-            log(f"[bench] skipping the torch baseline: {errors[kind]}")
-            continue
-        try:
-            results[kind] = run_worker(kind, common, log)
-        except RuntimeError as err:
-            errors[kind] = str(err)
-            log(f"[bench] {err}")
-    settings = {"steps": steps, "warmup": warmup, "repeats": repeats, "baselines": baselines,
+    runs = {"exported": []}
+    for i in range(rounds):
+        runs["exported"].append(run_worker("exported", {**common, "backend_options": backend_options}, log))
+        for kind in baselines:
+            if kind in errors or (kind == "pynative" and i > 0):  # PyNative is 5-10x slower: one round
+                continue
+            if kind == "torch" and not torch_available():
+                errors[kind] = "torch or diffusers is not installed"
+                log(f"[bench] skipping the torch baseline: {errors[kind]}")
+                continue
+            try:
+                runs.setdefault(kind, []).append(run_worker(kind, common, log))
+            except RuntimeError as err:
+                errors[kind] = str(err)
+                log(f"[bench] {err}")
+    results = {kind: report.pool_rounds(rs) for kind, rs in runs.items() if rs}
+    settings = {"steps": steps, "warmup": warmup, "repeats": repeats, "rounds": rounds, "baselines": baselines,
                 "baseline_errors": errors, "backend": "mindspore", "backend_options": backend_options,
-                "export_dir": str(export_dir), "isolation": "one process per backend, run one after the other"}
+                "export_dir": str(export_dir),
+                "isolation": "one process per backend, run one after the other; with rounds > 1 the exported "
+                             "and torch processes alternate and each ratio is the median of the per-round ratios"}
     record = report.build_record(settings_tier, model, manifest, settings, results, export_info)
     if not args.export_dir:
         from video_aot.export.tiny import TINY
@@ -127,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per generation")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up generations (first-call figures)")
     parser.add_argument("--repeats", type=int, default=None, help="measured generations")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="run the exported and torch processes this many times in turn (default: the tier's); "
+                             "ratios are the median of the per-round ratios, times are pooled")
     parser.add_argument("--graph-kernel", dest="graph_kernel", action="store_true", default=None,
                         help="compile the exported graphs with graph-kernel fusion (default: the tier's choice)")
     parser.add_argument("--no-graph-kernel", dest="graph_kernel", action="store_false")

@@ -28,6 +28,7 @@ class Tier:
     steps: int = 2           # denoising steps per generation
     warmup: int = 1          # generations before the measured ones (the first gives the first-call figures)
     repeats: int = 3         # measured generations
+    rounds: int = 1          # exported and torch processes alternate this many times (ratio = median per round)
     graph_kernel: bool = True  # runtime compile option; off for tiny, where AKG's compile time dwarfs the run
     description: str = ""
 
@@ -40,7 +41,7 @@ TIERS = {
     # this UNet at 128x128), so larger shapes do not fit a shared 24 GB machine. Graph-kernel fusion
     # is off: at this shape it did not speed the UNet step up and tripled its compile time (NOTES.md).
     "small": Tier("small", "small-{model}", dict(frames=4, height=64, width=64, decode_chunk_size=2, batch=1),
-                  steps=2, warmup=1, repeats=3, graph_kernel=False,
+                  steps=2, warmup=1, repeats=3, rounds=3, graph_kernel=False,
                   description="the real widths and heads with random weights at a reduced shape, and less "
                               "depth where memory demands it (see export/tiny.py TINY['small-<model>'])"),
     "full": Tier("full", "full-{model}", {}, steps=2, warmup=1, repeats=1,

@@ -79,6 +79,7 @@ def run_generations(call, request, recorder: StageRecorder, warmup: int, repeats
     out = {
         "first_call": {stage: values[0] for stage, values in warm.items()},
         "stages": {stage: summary(values) for stage, values in measured.items()},
+        "samples": measured,  # raw seconds per stage: bench-model pools them over rounds
     }
     steps, unet = measured.get("denoise_step", []), measured.get("unet", [])
     if steps and len(steps) == len(unet):

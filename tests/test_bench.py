@@ -22,7 +22,8 @@ from video_aot.export.run import export_model
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """One smoke run: the tests' tiny SVD snapshot exported at 2 frames of 32x32, one denoising step."""
+    """One smoke run: the tests' tiny SVD snapshot exported at 2 frames of 32x32, one denoising step;
+    two rounds of the exported and torch processes (PyNative once)."""
     root = tmp_path_factory.mktemp("bench")
     svd_snapshot(root / "snapshot")
     export = export_model(str(root / "snapshot"), str(root / "export"), frames=2, height=32, width=32,
@@ -31,7 +32,7 @@ def run(tmp_path_factory):
     out = root / "record.json"
     proc = subprocess.run(
         [sys.executable, "-m", "video_aot.benchmarks.cli", str(export), "--tier", "tiny", "--steps", "1",
-         "--warmup", "1", "--repeats", "1", "--history-dir", str(history), "--out", str(out)],
+         "--warmup", "1", "--repeats", "1", "--rounds", "2", "--history-dir", str(history), "--out", str(out)],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"root": root, "record": out, "history": history, "stdout": proc.stdout}
@@ -52,6 +53,12 @@ def test_record_is_valid_and_complete(run):
         assert entry["ratio_pynative"] > 0 and entry["ratio_torch"] > 0
         assert entry["peak_rss_mb"] > 0
     unet = record["stages"]["unet"]
+    # two rounds: the exported and torch samples are pooled, PyNative ran once, and the ratio to torch
+    # is the median of the two per-round ratios
+    assert record["settings"]["rounds"] == 2
+    assert unet["exported"]["n"] == 2 and unet["torch"]["n"] == 2 and unet["pynative"]["n"] == 1
+    assert len(unet["torch_ratio_per_round"]) == 2 and "pynative_ratio_per_round" not in unet
+    assert unet["ratio_torch"] == pytest.approx(sum(unet["torch_ratio_per_round"]) / 2)
     assert unet["flops"] > 0 and 0 < unet["fraction_of_peak"]
     assert record["matmul_peak_gflops"]["peak"] > 0
     assert record["overhead_pct"]["n"] >= 1
