@@ -228,8 +228,9 @@ def start_server(args):
     log_path = Path(data_dir) / "server.log"
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     # the server runs in data_dir (its compile leftovers stay there): export paths must be absolute
-    exports = [entry.split("=", 1)[0] + "=" + str(Path(entry.split("=", 1)[1]).resolve()) if "=" in entry
-               else str(Path(entry).resolve()) for entry in args.serve]
+    from video_aot.runtime.server import parse_export_args
+
+    exports = [f"{name}={Path(path).resolve()}" for name, path in parse_export_args(args.serve)]
     cmd = [sys.executable, "-m", "video_aot.runtime.server", *exports, "--port", str(port), "--data-dir", data_dir,
            "--max-queue", str(args.max_queue), "--log-level", "warning"]
     with open(log_path, "w") as log:

@@ -21,6 +21,15 @@ def summary(values) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
+def step_overhead(steps, unet) -> dict:
+    """The runtime's own time per denoising step (the step minus its UNet graph call), as
+    ``overhead_pct`` / ``overhead_ms`` summaries; {} when the two lists do not pair up."""
+    if not steps or len(steps) != len(unet):
+        return {}
+    return {"overhead_pct": summary([100.0 * (s - u) / s for s, u in zip(steps, unet)]),
+            "overhead_ms": summary([1e3 * (s - u) for s, u in zip(steps, unet)])}
+
+
 def rss_bytes(pid: int | str = "self") -> int:
     """Current resident set size of a process (this one by default)."""
     try:

@@ -74,25 +74,19 @@ def _ratio(a, b):
 
 
 def pool_rounds(runs: list[dict]) -> dict:
-    """One backend's worker results over several rounds -> one result: stage figures from the pooled
-    samples, each round's stage medians kept (``round_medians``) for the per-round ratios, peaks as the
-    maximum, load time as the median; first-call figures and FLOP counts from the first round."""
-    from .measure import summary
+    """One backend's worker results over one or more rounds -> one result: stage figures from the
+    pooled samples, each round's stage medians kept (``round_medians``) for the per-round ratios,
+    peaks as the maximum, load time as the median; first-call figures and FLOP counts from the
+    first round."""
+    from .measure import step_overhead, summary
 
-    if len(runs) == 1:
-        out = dict(runs[0])
-        out["round_medians"] = {stage: [v["median"]] for stage, v in out["stages"].items()}
-        return out
     out = dict(runs[0])
     stages = [s for s in runs[0]["stages"] if all(s in r.get("samples", {}) for r in runs)]
     pooled = {s: [v for r in runs for v in r["samples"][s]] for s in stages}
     out["samples"] = pooled
     out["stages"] = {s: summary(v) for s, v in pooled.items()}
     out["round_medians"] = {s: [r["stages"][s]["median"] for r in runs] for s in stages}
-    steps, unet = pooled.get("denoise_step", []), pooled.get("unet", [])
-    if steps and len(steps) == len(unet):
-        out["overhead_pct"] = summary([100.0 * (a - b) / a for a, b in zip(steps, unet)])
-        out["overhead_ms"] = summary([1e3 * (a - b) for a, b in zip(steps, unet)])
+    out.update(step_overhead(pooled.get("denoise_step", []), pooled.get("unet", [])))
     loads = [r["load_seconds"] for r in runs if r.get("load_seconds") is not None]
     if loads:
         out["load_seconds"] = summary(loads)["median"]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .measure import FlopCounter, StageRecorder, peak_rss_bytes, summary
+from .measure import FlopCounter, StageRecorder, peak_rss_bytes, step_overhead, summary
 
 MB = 1024 * 1024
 
@@ -81,10 +81,7 @@ def run_generations(call, request, recorder: StageRecorder, warmup: int, repeats
         "stages": {stage: summary(values) for stage, values in measured.items()},
         "samples": measured,  # raw seconds per stage: bench-model pools them over rounds
     }
-    steps, unet = measured.get("denoise_step", []), measured.get("unet", [])
-    if steps and len(steps) == len(unet):
-        out["overhead_pct"] = summary([100.0 * (s - u) / s for s, u in zip(steps, unet)])
-        out["overhead_ms"] = summary([1e3 * (s - u) for s, u in zip(steps, unet)])
+    out.update(step_overhead(measured.get("denoise_step", []), measured.get("unet", [])))
     if flops is not None:
         out["flops"] = {stage: int(np.median(calls)) for stage, calls in flops.calls.items() if calls}
     return out

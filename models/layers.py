@@ -99,16 +99,13 @@ class GroupNorm(nn.Cell):
         n = n // self.num_groups
         # [N, C, *spatial] -> [N*groups, C/groups*spatial]
         h, rstd = _centred_rstd(x.reshape(shape[0] * self.num_groups, n).astype(FP32), n, self.eps)
+        if not self.affine:
+            return (h * rstd).reshape(shape).astype(dtype)
         # one full-size multiply-add: the per-group rstd and the per-channel weight fold into one
         # [N, C] scale first
-        h = h.reshape(shape[0], self.num_channels, -1)  # [N, C, spatial]
-        rstd = rstd.reshape(shape[0], self.num_groups, 1)
-        if self.affine:
-            scale = rstd * self.weight.astype(FP32).reshape(1, self.num_groups, -1)
-            h = h * scale.reshape(shape[0], self.num_channels, 1) + self.bias.astype(FP32).reshape(-1, 1)
-        else:
-            h = h * ops.broadcast_to(rstd, (shape[0], self.num_groups, self.num_channels // self.num_groups)
-                                     ).reshape(shape[0], self.num_channels, 1)
+        scale = rstd.reshape(shape[0], self.num_groups, 1) * self.weight.astype(FP32).reshape(1, self.num_groups, -1)
+        h = h.reshape(shape[0], self.num_channels, -1) * scale.reshape(shape[0], self.num_channels, 1) \
+            + self.bias.astype(FP32).reshape(-1, 1)
         return h.reshape(shape).astype(dtype)
 
 

@@ -524,7 +524,6 @@ def test_request_schema_is_generic_over_families(svd_export):
                       "negative_prompt": {"type": "string"}, "resize": {"type": "boolean", "default": False}}
 
 
-
 def test_load_script_serves_a_relative_export_path(svd_export, tmp_path, monkeypatch):
     """benchmarks/load.py --serve with the export given relative to the caller's directory (the
     server itself runs in its data dir): a short bounded run where every accepted job succeeds."""
