@@ -89,6 +89,32 @@ def export_key(description: dict) -> str:
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def check_replaceable(out_dir: Path):
+    """``--force`` replaces an earlier export, never anything else: the folder must hold an export
+    manifest, and every file in it must be that manifest or a file the manifest lists."""
+    if not out_dir.is_dir():
+        raise ExportError(f"{out_dir} exists and is not a folder; --force replaces only an earlier export")
+    manifest_path = out_dir / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        listed = set(manifest["files"]) if isinstance(manifest, dict) and "graphs" in manifest else None
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = None
+    present = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if not p.is_dir())
+    if listed is None:
+        if not present:
+            return  # an empty folder holds nothing to lose
+        raise ExportError(
+            f"{out_dir} is not an export folder (no readable {MANIFEST}); --force replaces only an earlier "
+            f"export and never deletes other files. Choose another --out, or empty the folder yourself.")
+    foreign = [rel for rel in present if rel != MANIFEST and rel not in listed]
+    if foreign:
+        shown = ", ".join(foreign[:10]) + (" ..." if len(foreign) > 10 else "")
+        raise ExportError(
+            f"{out_dir} holds files that are not part of its export ({shown}); --force would delete them. "
+            "Move them out of the folder first, or choose another --out.")
+
+
 def remove_stale_partials(out_dir: Path):
     """Remove work folders that a killed export (SIGKILL, power loss) left next to ``out_dir``;
     a folder whose exporting process is still alive is left alone."""
@@ -129,6 +155,7 @@ def write_export(out_dir, graphs, manifest: dict, force: bool = False, validate:
                 log(f"{out_dir}: existing export fails verification ({err})")
         if not force:
             raise ExportError(f"{out_dir} already exists; pass --force to overwrite it")
+        check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out_dir)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-{os.getpid()}-", dir=out_dir.parent))

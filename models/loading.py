@@ -22,7 +22,9 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 DTYPES = ("fp32", "fp16", "bf16")
-FAMILY_MODULES = ("svd", "clip", "unet3d", "autoencoder_kl", "t5", "cogvideox", "cogvideox_vae")  # models/<name>.py files that register networks
+# every other models/<name>.py may register networks; they are imported on first use, so a new
+# family adds its model files and nothing here
+_NOT_FAMILY_MODULES = {"__init__", "layers", "loading"}
 
 
 class LoadError(ValueError):
@@ -227,11 +229,24 @@ NETWORKS: dict[str, NetworkSpec] = {}
 
 
 def register(class_name: str, config_cls, build, map_weights=None, keep_fp32: tuple = ()):
-    NETWORKS[class_name] = NetworkSpec(class_name, config_cls, build, map_weights, tuple(keep_fp32))
+    spec = NetworkSpec(class_name, config_cls, build, map_weights, tuple(keep_fp32))
+    if class_name in NETWORKS and NETWORKS[class_name].build is not build:
+        raise RuntimeError(f"network class {class_name!r} is registered twice "
+                           f"({NETWORKS[class_name].build.__module__} and {build.__module__})")
+    NETWORKS[class_name] = spec
+
+
+def family_modules() -> list:
+    """The models/<name>.py modules that may register networks (all but the shared ones)."""
+    import pkgutil
+
+    package = importlib.import_module(__package__)
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__)
+                  if m.name not in _NOT_FAMILY_MODULES and not m.name.startswith("_"))
 
 
 def _ensure_registered():
-    for name in FAMILY_MODULES:
+    for name in family_modules():
         importlib.import_module(f"{__package__}.{name}")
 
 
