@@ -358,6 +358,18 @@ class GELUProj(nn.Cell):
         return gelu(h, self.approximate)
 
 
+class SwiGLU(nn.Cell):
+    """diffusers SwiGLU: ``proj`` to twice the width, then hidden * silu(gate)."""
+
+    def __init__(self, dim_in: int, dim_out: int, bias: bool = True):
+        super().__init__()
+        self.proj = Linear(dim_in, dim_out * 2, bias=bias)
+
+    def construct(self, x):
+        h, gate = ops.chunk(self.proj(x), 2, -1)
+        return h * silu(gate)
+
+
 class Identity(nn.Cell):
     def construct(self, x):
         return x
@@ -371,6 +383,7 @@ class FeedForward(nn.Cell):
         "geglu-approximate": (True, "tanh"),
         "gelu": (False, "none"),
         "gelu-approximate": (False, "tanh"),
+        "swiglu": (True, "silu"),  # SwiGLU (Mochi)
     }
 
     def __init__(self, dim: int, dim_out: int | None = None, mult: int = 4, activation_fn: str = "geglu",
@@ -381,7 +394,7 @@ class FeedForward(nn.Cell):
         inner = inner_dim if inner_dim is not None else int(dim * mult)
         gated, approx = self._ACTS[activation_fn]
         self.net = nn.CellList([
-            GELUProj(dim, inner, gated, approx, bias=bias),
+            SwiGLU(dim, inner, bias=bias) if approx == "silu" else GELUProj(dim, inner, gated, approx, bias=bias),
             Identity(),
             Linear(inner, dim_out if dim_out is not None else dim, bias=bias),
         ])
@@ -539,18 +552,48 @@ def chunked_feed_forward(ff, x, chunk_dim: int, chunk_size: int):
     return ops.cat(parts, chunk_dim)
 
 
+class SinusoidalPositionalEmbedding(nn.Cell):
+    """diffusers SinusoidalPositionalEmbedding: adds ``pe[:, :N]`` to [B, N, dim]. ``pe`` is a
+    persistent buffer in diffusers (checkpoints carry it, [1, max_seq_length, dim]), so it is a
+    parameter here and loads like one."""
+
+    def __init__(self, embed_dim: int, max_seq_length: int = 32):
+        super().__init__()
+        position = np.arange(max_seq_length, dtype=np.float32)[:, None]
+        div_term = np.exp(np.arange(0, embed_dim, 2, dtype=np.float32) * np.float32(-math.log(10000.0) / embed_dim))
+        pe = np.zeros((1, max_seq_length, embed_dim), np.float32)
+        pe[0, :, 0::2] = np.sin(position * div_term)
+        pe[0, :, 1::2] = np.cos(position * div_term)
+        self.max_seq_length = max_seq_length
+        self.pe = Parameter(Tensor(pe), name="pe", requires_grad=False)
+
+    def construct(self, x):
+        # x: [B, N, dim], N <= max_seq_length
+        return x + self.pe[:, :x.shape[1]].astype(x.dtype)
+
+
 class BasicTransformerBlock(nn.Cell):
     """diffusers BasicTransformerBlock with norm_type="layer_norm": self-attention, cross-attention
     (self-attention again when there is no cross_attention_dim and double_self_attention), GEGLU
     feed-forward, each pre-normed and residual. ``set_chunk_feed_forward`` turns on diffusers'
-    feed-forward chunking (off by default)."""
+    feed-forward chunking (off by default). ``positional_embeddings="sinusoidal"`` adds
+    ``pos_embed`` to the normed input of both attentions (AnimateDiff's motion modules)."""
 
     def __init__(self, dim: int, num_attention_heads: int, attention_head_dim: int,
                  cross_attention_dim: int | None = None, activation_fn: str = "geglu", attention_bias: bool = False,
                  only_cross_attention: bool = False, double_self_attention: bool = False, norm_eps: float = 1e-5,
                  norm_elementwise_affine: bool = True, ff_inner_dim: int | None = None, ff_bias: bool = True,
-                 attention_out_bias: bool = True):
+                 attention_out_bias: bool = True, positional_embeddings: str | None = None,
+                 num_positional_embeddings: int | None = None):
         super().__init__()
+        if positional_embeddings not in (None, "sinusoidal"):
+            raise ValueError(f"positional_embeddings {positional_embeddings!r} is not supported; "
+                             "supported: None, 'sinusoidal'")
+        if positional_embeddings is not None and num_positional_embeddings is None:
+            raise ValueError("If `positional_embedding` type is defined, `num_positition_embeddings` must also be "
+                             "defined.")
+        self.pos_embed = SinusoidalPositionalEmbedding(dim, num_positional_embeddings) \
+            if positional_embeddings is not None else None
         self.only_cross_attention = only_cross_attention
         self.norm1 = LayerNorm(dim, eps=norm_eps, elementwise_affine=norm_elementwise_affine)
         self.attn1 = Attention(dim, cross_attention_dim=cross_attention_dim if only_cross_attention else None,
@@ -580,12 +623,17 @@ class BasicTransformerBlock(nn.Cell):
     def construct(self, hidden_states, encoder_hidden_states=None):
         # hidden_states: [B, N, dim]; encoder_hidden_states: [B, M, cross_dim]
         norm = self.norm1(hidden_states)
+        if self.pos_embed is not None:
+            norm = self.pos_embed(norm)
         if self.only_cross_attention:
             hidden_states = self.attn1(norm, encoder_hidden_states) + hidden_states
         else:
             hidden_states = self.attn1(norm) + hidden_states
         if self.has_cross:
-            hidden_states = self.attn2(self.norm2(hidden_states), encoder_hidden_states) + hidden_states
+            norm = self.norm2(hidden_states)
+            if self.pos_embed is not None:
+                norm = self.pos_embed(norm)
+            hidden_states = self.attn2(norm, encoder_hidden_states) + hidden_states
         if self.chunk_size is None:
             return self.ff(self.norm3(hidden_states)) + hidden_states
         return chunked_feed_forward(self.ff, self.norm3(hidden_states), self.chunk_dim, self.chunk_size) + hidden_states

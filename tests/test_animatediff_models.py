@@ -1,0 +1,167 @@
+"""Parity of the SD 1.x UNet2DConditionModel (plain and with Text2Video-Zero's cross-frame
+attention) and of AnimateDiff's UNetMotionModel with diffusers (tiny random configs, fp32,
+GRAPH_MODE). Each model is built in torch, saved with ``save_pretrained`` and loaded back through
+``load_network`` (UNet2DConditionModel, UNetMotionModel folders) or ``load_unet_motion`` (a
+UNet2DConditionModel folder + a MotionAdapter folder, as AnimateDiffPipeline snapshots ship them)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import mindspore as ms
+
+from tiny import rel_l2
+from tiny_animatediff import animatediff_unet, motion_adapter, unet2d
+
+from video_aot.models.animatediff import UNetMotionModel, load_unet_motion, map_motion_adapter_weights
+from video_aot.models.loading import LoadError, load_config, load_network
+from video_aot.models.unet2d import cross_frame_video_length
+
+TOL = 1e-4
+T = np.array([321.0], np.float32)
+
+
+def _run(cell, *arrays):
+    return cell(*(ms.Tensor(a) for a in arrays)).asnumpy()
+
+
+def _compare(name, out, ref):
+    assert out.shape == ref.shape
+    err = rel_l2(out, ref)
+    print(f"{name} rel L2 vs diffusers: {err:.2e}")
+    assert err < TOL
+
+
+# ----------------------------------------------------------------------------- UNet2DConditionModel
+def test_unet2d_matches_diffusers(tmp_path):
+    model = unet2d(0)  # conv proj_in/proj_out (use_linear_projection False), 8 heads
+    model.save_pretrained(tmp_path)
+    rng = np.random.default_rng(0)
+    sample = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    context = rng.standard_normal((2, 7, 32)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(sample), torch.tensor(321), torch.from_numpy(context)).sample.numpy()
+    cell, config = load_network(tmp_path)
+    assert config.use_linear_projection is False
+    _compare("unet2d", _run(cell, sample, T, context), ref)
+
+
+def test_unet2d_linear_projection_head_list_odd_size_matches_diffusers(tmp_path):
+    # use_linear_projection, attention_head_dim per block, one transformer layer per level more,
+    # layers_per_block 1, non-default time embedding fields, a 6x5 latent (forwards the upsample size)
+    model = unet2d(1, use_linear_projection=True, attention_head_dim=(2, 4), layers_per_block=1,
+                   transformer_layers_per_block=(1, 2), flip_sin_to_cos=False, freq_shift=1, upcast_attention=True,
+                   down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                   up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+    model.save_pretrained(tmp_path)
+    rng = np.random.default_rng(1)
+    sample = rng.standard_normal((1, 4, 6, 5)).astype(np.float32)
+    context = rng.standard_normal((1, 5, 32)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(sample), torch.tensor(77), torch.from_numpy(context)).sample.numpy()
+    cell, config = load_network(tmp_path)
+    assert config.use_linear_projection and config.heads() == (2, 4)
+    _compare("unet2d linear projection", _run(cell, sample, np.array([77.0], np.float32), context), ref)
+
+
+def test_unet2d_cross_frame_attention_matches_text2video_zero(tmp_path):
+    from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
+        CrossFrameAttnProcessor,
+    )
+
+    model = unet2d(2, layers_per_block=1)
+    model.save_pretrained(tmp_path)
+    model.set_attn_processor(CrossFrameAttnProcessor(batch_size=2))  # as TextToVideoZeroPipeline does
+    f = 3
+    n = 2 * f  # [uncond frames, cond frames] under classifier-free guidance
+    rng = np.random.default_rng(2)
+    sample = rng.standard_normal((n, 4, 8, 8)).astype(np.float32)
+    context = rng.standard_normal((n, 7, 32)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(sample), torch.tensor(500), torch.from_numpy(context)).sample.numpy()
+    assert cross_frame_video_length(n) == f
+    cell, _ = load_network(tmp_path, cross_frame_attention_frames=cross_frame_video_length(n))
+    out = _run(cell, sample, np.array([500.0], np.float32), context)
+    _compare("unet2d cross-frame attention", out, ref)
+
+
+def test_unet2d_config_errors_teach(tmp_path):
+    model = unet2d(0, layers_per_block=1)
+    model.save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    for key, value, pattern in (
+        ("down_block_types", ["SimpleCrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+         "SimpleCrossAttnDownBlock2D.*supported"),
+        ("class_embed_type", "timestep", "class_embed_type='timestep' is not supported; supported: None"),
+        ("addition_embed_type", "text_time", "addition_embed_type='text_time' is not supported"),
+        ("only_cross_attention", True, "only_cross_attention=True.*supported: False"),
+    ):
+        (tmp_path / "config.json").write_text(json.dumps({**raw, key: value}))
+        with pytest.raises(LoadError, match=pattern):
+            load_config(tmp_path)
+
+
+# ----------------------------------------------------------------------------- UNetMotionModel
+@pytest.fixture(scope="module")
+def motion_inputs():
+    b, f = 1, 3
+    rng = np.random.default_rng(3)
+    sample = rng.standard_normal((b, 4, f, 8, 8)).astype(np.float32)
+    context = rng.standard_normal((b * f, 5, 8)).astype(np.float32)  # per-frame embeddings
+    return sample, context, f
+
+
+def _motion_reference(unet, adapter, sample, context):
+    from diffusers import UNetMotionModel as TorchUNetMotionModel
+
+    model = TorchUNetMotionModel.from_unet2d(unet, adapter).eval()
+    with torch.no_grad():
+        ref = model(torch.from_numpy(sample), torch.tensor(400), torch.from_numpy(context)).sample.numpy()
+    return model, ref
+
+
+@pytest.mark.parametrize("use_motion_mid_block", [True, False])
+def test_unet_motion_from_unet_and_adapter_matches_diffusers(tmp_path, motion_inputs, use_motion_mid_block):
+    sample, context, f = motion_inputs
+    unet = animatediff_unet(4)
+    adapter = motion_adapter(5, use_motion_mid_block=use_motion_mid_block)
+    unet.save_pretrained(tmp_path / "unet")
+    adapter.save_pretrained(tmp_path / "motion_adapter")
+    model, ref = _motion_reference(unet, adapter, sample, context)
+    cell, config = load_unet_motion(tmp_path / "unet", tmp_path / "motion_adapter", num_frames=f)
+    assert config.use_motion_mid_block is use_motion_mid_block
+    assert (cell.mid_block.motion_modules is not None) is use_motion_mid_block
+    assert config.num_attention_heads == model.config.num_attention_heads
+    _compare(f"UNetMotionModel (unet + adapter, mid motion {use_motion_mid_block})",
+             _run(cell, sample, np.array([400.0], np.float32), context), ref)
+    if use_motion_mid_block:
+        # layout (a): the combined UNetMotionModel saved by diffusers loads through load_network
+        model.save_pretrained(tmp_path / "unet_motion")
+        cell_a, config_a = load_network(tmp_path / "unet_motion", num_frames=f)
+        assert config_a == config
+        _compare("UNetMotionModel (saved folder)", _run(cell_a, sample, np.array([400.0], np.float32), context), ref)
+
+
+def test_unet_motion_refuses_more_frames_than_max_seq_length(tmp_path):
+    unet = animatediff_unet(0, layers_per_block=1)
+    adapter = motion_adapter(0, motion_layers_per_block=1)
+    unet.save_pretrained(tmp_path / "unet")
+    adapter.save_pretrained(tmp_path / "motion_adapter")
+    with pytest.raises(ValueError, match="num_frames=9 exceeds .*motion_max_seq_length=8"):
+        load_unet_motion(tmp_path / "unet", tmp_path / "motion_adapter", random_weights=True, num_frames=9)
+    cell, _ = load_unet_motion(tmp_path / "unet", tmp_path / "motion_adapter", random_weights=True, num_frames=8)
+    assert isinstance(cell, UNetMotionModel) and cell.num_frames == 8
+    # an adapter that does not fit the UNet
+    motion_adapter(0, motion_layers_per_block=2).save_pretrained(tmp_path / "other")
+    with pytest.raises(LoadError, match="different number of layers per block"):
+        load_unet_motion(tmp_path / "unet", tmp_path / "other", random_weights=True, num_frames=2)
+
+
+def test_map_motion_adapter_weights_refuses_non_motion_keys():
+    value = np.zeros(1)
+    assert map_motion_adapter_weights("mid_block.motion_modules.0.proj_in.weight", value)[0][0] == \
+        "mid_block.motion_modules.0.proj_in.weight"
+    with pytest.raises(LoadError, match="conv_in.weight.*not a motion module"):
+        map_motion_adapter_weights("conv_in.weight", value)
