@@ -1,9 +1,11 @@
-"""T5 encoder (transformers ``T5EncoderModel``), the text encoder of CogVideoX (T5 v1.1 XXL).
+"""T5 encoder (transformers ``T5EncoderModel``), the text encoder of CogVideoX and Mochi (T5 v1.1 XXL).
 
-input_ids [B, L] -> last_hidden_state [B, L, d_model]. CogVideoX runs it without an attention
-mask at a fixed length of 226 tokens (``max_sequence_length``), so this cell takes no mask:
-every position, padding included, attends to every other one, as in diffusers'
-``CogVideoXPipeline._get_t5_prompt_embeds``.
+input_ids [B, L] (+ optional attention_mask [B, L]) -> last_hidden_state [B, L, d_model].
+CogVideoX runs it without an attention mask at a fixed length of 226 tokens
+(``max_sequence_length``): every position, padding included, attends to every other one, as in
+diffusers' ``CogVideoXPipeline._get_t5_prompt_embeds``. Mochi passes the tokenizer's mask (0/1):
+padded keys then get the additive bias transformers builds for float32, finfo(float32).min, on
+top of the relative position bias (a padded query row is still computed, as in transformers).
 
 Submodules carry the checkpoint's own names (``encoder.block.0.layer.0.SelfAttention.q.weight``,
 ``encoder.block.0.layer.1.DenseReluDense.wi_0.weight``, ``shared.weight`` ...). The one renaming
@@ -95,6 +97,10 @@ class T5Config:
         if self.feed_forward_proj == "gated-gelu":
             return "gelu_new"
         return self.feed_forward_proj.split("-")[-1]
+
+
+# additive bias of a padded key (transformers: finfo(dtype).min; the scores are float32 here)
+MASKED_BIAS = float(np.finfo(np.float32).min)
 
 
 # ============================================================================= position buckets
@@ -263,20 +269,25 @@ class T5Stack(nn.Cell):
             max_positions, max_positions, config.relative_attention_num_buckets,
             config.relative_attention_max_distance))
 
-    def construct(self, x):
-        # x: [B, L, d_model] (embedded tokens)
+    def construct(self, x, attention_mask=None):
+        # x: [B, L, d_model] (embedded tokens); attention_mask: [B, L] 0/1 or None (every key valid)
         length = x.shape[1]
         if length > self.max_positions:
             raise ValueError(f"T5 encoder: sequence length {length} exceeds the {self.max_positions} positions "
                              "the relative-bias table was built for; build with a larger max_positions")
         position_bias = self.block[0].layer[0].SelfAttention.compute_bias(self.buckets[:length, :length])
+        if attention_mask is not None:
+            # [1, heads, L, L] + [B, 1, 1, L] -> [B, heads, L, L]
+            masked = (1.0 - attention_mask.astype(FP32)) * MASKED_BIAS
+            position_bias = position_bias + masked[:, None, None, :]
         for block in self.block:
             x = block(x, position_bias)
         return self.final_layer_norm(x)
 
 
 class T5EncoderModel(nn.Cell):
-    """input_ids [B, L] int32 -> last_hidden_state [B, L, d_model] float32 (computed in the weights' dtype)."""
+    """input_ids [B, L] int32, attention_mask [B, L] 0/1 (optional) -> last_hidden_state [B, L, d_model]
+    float32 (computed in the weights' dtype)."""
 
     def __init__(self, config: T5Config, max_positions: int = 512):
         super().__init__()
@@ -284,8 +295,8 @@ class T5EncoderModel(nn.Cell):
         self.shared = Embedding(config.vocab_size, config.d_model)
         self.encoder = T5Stack(config, max_positions)
 
-    def construct(self, input_ids):
-        return self.encoder(self.shared(input_ids)).astype(FP32)
+    def construct(self, input_ids, attention_mask=None):
+        return self.encoder(self.shared(input_ids), attention_mask).astype(FP32)
 
 
 def map_t5_weights(key: str, value):
