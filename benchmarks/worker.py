@@ -190,16 +190,9 @@ class PlanBackend:
     name = "pynative"
 
     def __init__(self, manifest: dict):
-        from video_aot.export.run import family_module
+        from video_aot.export.run import plan_from_manifest
 
-        shapes = manifest["shapes"]
-        source = manifest["source"]
-        weights = None if source.get("weights") in (None, "random") else Path(source["weights"])
-        module = family_module(manifest["pipeline"])
-        graphs, _ = module.plan(Path(source["snapshot"]), weights, frames=shapes.get("num_frames", shapes.get("frames")),
-                                height=shapes["height"], width=shapes["width"], batch=shapes.get("batch", 1),
-                                dtype=manifest.get("dtype", "fp32"), decode_chunk_size=shapes.get("decode_chunk_size"),
-                                variant=source.get("variant"))
+        graphs = plan_from_manifest(manifest)
         self.factories = {spec.name: factory for spec, factory in graphs}
         self.files = {g["file"]: name for name, g in manifest["graphs"].items()}
 

@@ -34,8 +34,6 @@ from video_aot.models.loading import LoadError, config_from_dict, load_network, 
 
 from .graphs import GraphSpec, TensorSpec, relax_tolerance
 
-FAMILY = "cogvideox"
-PIPELINES = ("CogVideoXPipeline", "CogVideoXImageToVideoPipeline", "CogVideoXVideoToVideoPipeline")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model",
                    "added_tokens.json")
 
@@ -209,8 +207,6 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     tile shape; the runtime's ``enable_tiling()`` then codes tile by tile and blends as diffusers does."""
     index = read_json(snapshot / "model_index.json")
     pipeline = index["_class_name"]
-    if pipeline not in PIPELINES:
-        raise ValueError(f"{snapshot}: model_index.json names {pipeline!r}; this family exports {PIPELINES}")
     if decode_chunk_size is not None:
         raise ValueError("CogVideoX decodes in diffusers' fixed latent-frame batches (2 latent frames, the first "
                          "taking the remainder); --decode-chunk-size does not apply to this family")
@@ -381,7 +377,6 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     relax_tolerance(graphs, dtype)
 
     manifest = {
-        "family": FAMILY,
         "pipeline": pipeline,
         "dtype": dtype,
         "shapes": {"batch": batch, "num_frames": frames, "height": height, "width": width},

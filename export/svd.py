@@ -23,9 +23,6 @@ from video_aot.models.loading import load_network, read_json
 
 from .graphs import GraphSpec, TensorSpec, VaeDecode, relax_tolerance
 
-PIPELINE = "StableVideoDiffusionPipeline"
-FAMILY = "svd"
-COMPONENTS = ("unet", "vae", "image_encoder", "feature_extractor", "scheduler")
 
 
 class UNetStep(nn.Cell):
@@ -137,8 +134,7 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     relax_tolerance(graphs, dtype)
 
     manifest = {
-        "family": FAMILY,
-        "pipeline": PIPELINE,
+        "pipeline": "StableVideoDiffusionPipeline",
         "dtype": dtype,
         "shapes": {"batch": batch, "num_frames": frames, "height": height, "width": width,
                    "decode_chunk_size": chunk},

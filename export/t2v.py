@@ -34,8 +34,6 @@ from video_aot.models.loading import LoadError, load_network, read_json
 
 from .graphs import GraphSpec, TensorSpec, VaeDecode, relax_tolerance
 
-PIPELINES = ("TextToVideoSDPipeline", "VideoToVideoSDPipeline")
-FAMILY = "t2v"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
                    "added_tokens.json")
 
@@ -144,8 +142,6 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     snapshot that has tokenizer/)."""
     index = read_json(snapshot / "model_index.json")
     pipeline = index["_class_name"]
-    if pipeline not in PIPELINES:
-        raise ValueError(f"{snapshot}: model_index.json names {pipeline!r}; this family exports {PIPELINES}")
     configs = {name: read_json(snapshot / name / "config.json") for name in ("unet", "vae", "text_encoder")}
     scheduler = read_json(snapshot / "scheduler" / "scheduler_config.json")
     unet_cfg, vae_cfg, text_cfg = configs["unet"], configs["vae"], configs["text_encoder"]
@@ -249,7 +245,6 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     relax_tolerance(graphs, dtype)
 
     manifest = {
-        "family": FAMILY,
         "pipeline": pipeline,
         "dtype": dtype,
         "shapes": {"batch": batch, "num_frames": frames, "height": height, "width": width,

@@ -245,9 +245,20 @@ def family_modules() -> list:
                   if m.name not in _NOT_FAMILY_MODULES and not m.name.startswith("_"))
 
 
+_IMPORT_ERRORS: dict = {}
+
+
 def _ensure_registered():
+    # a module that fails to import does not hide the others' networks; its error is reported when
+    # a class is not found (load_config)
     for name in family_modules():
-        importlib.import_module(f"{__package__}.{name}")
+        if name in _IMPORT_ERRORS:
+            continue
+        try:
+            importlib.import_module(f"{__package__}.{name}")
+        except Exception as err:  # noqa: BLE001 - reported with the missing class
+            _IMPORT_ERRORS[name] = f"{type(err).__name__}: {err}"
+            logger.warning("models/%s.py failed to import: %s", name, _IMPORT_ERRORS[name])
 
 
 def component_class(raw: dict) -> str:
@@ -265,7 +276,9 @@ def load_config(component_dir):
     raw = read_json(component_dir / "config.json")
     cls = component_class(raw)
     if cls not in NETWORKS:
-        raise LoadError(f"{component_dir}: network class {cls!r} is not supported; supported: {sorted(NETWORKS)}")
+        broken = "".join(f"; models/{m}.py failed to import ({e})" for m, e in _IMPORT_ERRORS.items())
+        raise LoadError(f"{component_dir}: network class {cls!r} is not supported; supported: {sorted(NETWORKS)}"
+                        + broken)
     spec = NETWORKS[cls]
     return spec, config_from_dict(spec.config_cls, raw, source=str(component_dir / "config.json"))
 

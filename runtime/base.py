@@ -37,6 +37,10 @@ class ExportedPipeline:
         self.timings = defaultdict(list)  # stage -> seconds per call, for benchmarks and metrics
         self._progress_config = {}
 
+    @classmethod
+    def check_export(cls, export: Export):
+        """Refuse an export this pipeline cannot run (a graph it needs is missing, say)."""
+
     # ------------------------------------------------------------------ shapes
     @property
     def shapes(self) -> dict:

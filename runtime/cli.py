@@ -1,120 +1,170 @@
-"""generate-video: run an export's pipeline and write an mp4 (H.264) or a GIF."""
+"""generate-video: run an export's pipeline and write an mp4 (H.264) or a GIF.
+
+The flags are built from the export's pipeline: every argument of its ``__call__`` that a command
+line can carry becomes ``--name-with-dashes``, and a flag left out is not passed, so every default
+is the pipeline's own (diffusers'). ``generate-video EXPORT --help`` lists that export's flags.
+"""
 from __future__ import annotations
 
 import argparse
+import inspect
+import os
 import sys
 import time
+from pathlib import Path
+
+OUTPUT_SUFFIXES = (".mp4", ".gif")
+DEFAULT_FPS = 8  # frame rate of the written file when the pipeline takes no ``fps`` argument
+# __call__ arguments a command line cannot carry (arrays, callables) or that the CLI sets itself
+NOT_FLAGS = {"self", "generator", "latents", "prompt_embeds", "negative_prompt_embeds", "callback",
+             "callback_steps", "callback_on_step_end", "callback_on_step_end_tensor_inputs", "return_dict",
+             "output_type", "cross_attention_kwargs"}
+PATH_ARGUMENTS = {"image": "conditioning image file", "video": "input video file (video-to-video)"}
+SHORT_FLAGS = {"num_inference_steps": "--steps"}  # kept from earlier releases, next to the long name
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="generate-video", description="Generate a video from an exported model.")
+def _base_parser(add_help: bool) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="generate-video", add_help=add_help,
+        description="Generate a video from an exported model. Pass the export folder first; "
+                    "`generate-video EXPORT --help` lists the arguments of that export's pipeline.")
     parser.add_argument("export_dir", help="folder written by export-model")
     parser.add_argument("--out", required=True, help="output file: .mp4 or .gif")
-    parser.add_argument("--image", help="conditioning image (image-to-video families)")
-    parser.add_argument("--prompt", help="text prompt (text-to-video families)")
-    parser.add_argument("--negative-prompt", default=None, help="what the video should not show (text-to-video)")
-    parser.add_argument("--guidance-scale", type=float, default=None,
-                        help="classifier-free guidance scale (text-to-video; default 9.0, or 15.0 with --video)")
-    parser.add_argument("--video", help="input video for video-to-video (text-to-video families): runs "
-                                        "VideoToVideoSDPipeline on the same export")
-    parser.add_argument("--strength", type=float, default=0.6, help="video-to-video strength in (0, 1]")
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic DDIM)")
-    parser.add_argument("--num-frames", type=int, default=None, help="frames (must match the export)")
-    parser.add_argument("--clip-skip", type=int, default=None, help="CLIP layers to skip (text-to-video)")
-    parser.add_argument("--steps", type=int, default=25, help="num_inference_steps")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--fps", type=int, default=7,
-                        help="frame rate of the written video; SVD also conditions on it (micro-conditioning)")
-    parser.add_argument("--motion-bucket-id", type=int, default=127)
-    parser.add_argument("--noise-aug-strength", type=float, default=0.02)
-    parser.add_argument("--min-guidance-scale", type=float, default=1.0)
-    parser.add_argument("--max-guidance-scale", type=float, default=3.0)
-    parser.add_argument("--decode-chunk-size", type=int, default=None)
-    parser.add_argument("--scheduler", default=None, help="override the export's scheduler: euler, ddim, dpm++")
-    parser.add_argument("--tiling", action="store_true",
-                        help="CogVideoX: code the VAE in diffusers' spatial tiles (needs export-model --tiling)")
+    parser.add_argument("--pipeline", default=None,
+                        help="for exports that serve several pipelines: a diffusers class name or a short name "
+                             "such as video2video (default: the one the export was made for; --video picks "
+                             "video2video)")
+    parser.add_argument("--out-fps", type=int, default=None,
+                        help=f"frame rate of the written file (default: the pipeline's fps argument, else {DEFAULT_FPS})")
+    parser.add_argument("--tiling", action="store_true", help="code the VAE in diffusers' spatial tiles "
+                                                              "(exports made with export-model --tiling)")
     parser.add_argument("--backend", default=None, choices=("mindspore", "lite"))
     return parser
 
 
-def pipeline_kwargs(family: str, args) -> dict:
-    common = {"num_inference_steps": args.steps, "seed": args.seed, "output_type": "uint8",
-              "scheduler": args.scheduler, "decode_chunk_size": args.decode_chunk_size}
-    if family == "svd":
-        if not args.image:
-            raise ValueError("this export is image-to-video: pass --image IN.png")
-        return {**common, "image": args.image, "fps": args.fps, "motion_bucket_id": args.motion_bucket_id,
-                "noise_aug_strength": args.noise_aug_strength, "min_guidance_scale": args.min_guidance_scale,
-                "max_guidance_scale": args.max_guidance_scale}
-    if family == "t2v":
-        if args.image:
-            raise ValueError("this export is text-to-video: pass --prompt (and --video IN.mp4 for video-to-video), "
-                             "not --image")
-        if not args.prompt:
-            raise ValueError("this export is text-to-video: pass --prompt \"...\"")
-        kwargs = {k: v for k, v in common.items() if k != "decode_chunk_size"}
-        kwargs.update(prompt=args.prompt, negative_prompt=args.negative_prompt, eta=args.eta, clip_skip=args.clip_skip)
-        if args.decode_chunk_size is not None:
-            raise ValueError("--decode-chunk-size is fixed at export time for this family (export-model "
-                             "--decode-chunk-size)")
-        if args.video:
-            kwargs.update(video=args.video, strength=args.strength)
-            if args.guidance_scale is not None:
-                kwargs["guidance_scale"] = args.guidance_scale
-            return kwargs
-        kwargs["num_frames"] = args.num_frames
-        if args.guidance_scale is not None:
-            kwargs["guidance_scale"] = args.guidance_scale
-        return kwargs
-    if family == "cogvideox":
-        if args.decode_chunk_size is not None:
-            raise ValueError("--decode-chunk-size does not apply to CogVideoX: its VAE decodes in diffusers' fixed "
-                             "latent-frame batches")
-        if not args.prompt:
-            raise ValueError("this export is a CogVideoX model: pass --prompt \"...\" (plus --image IN.png for "
-                             "image-to-video exports, or --video IN.mp4 for video-to-video)")
-        kwargs = {k: v for k, v in common.items() if k != "decode_chunk_size"}
-        kwargs.update(prompt=args.prompt, negative_prompt=args.negative_prompt)
-        if args.guidance_scale is not None:
-            kwargs["guidance_scale"] = args.guidance_scale
-        if args.video:
-            if args.image:
-                raise ValueError("pass either --image (image-to-video) or --video (video-to-video), not both")
-            kwargs.update(video=args.video, strength=args.strength)
-            return kwargs
-        if args.image:
-            kwargs["image"] = args.image
-        if args.num_frames is not None:
-            kwargs["num_frames"] = args.num_frames
-        return kwargs
-    raise ValueError(f"generate-video does not know family {family!r}")
+def _flag_type(param: inspect.Parameter):
+    """(argparse type, is_bool) from the annotation text (annotations are strings here) or the default."""
+    text = str(param.annotation) if param.annotation is not inspect.Parameter.empty else ""
+    default = param.default
+    if "bool" in text or isinstance(default, bool):
+        return None, True
+    if "float" in text or isinstance(default, float):
+        return float, False
+    if "int" in text or isinstance(default, int):
+        return int, False
+    return str, False
+
+
+def call_flags(cls) -> list:
+    """(name, flags, argparse kwargs) for each __call__ argument of pipeline class ``cls``."""
+    out = []
+    for name, param in inspect.signature(cls.__call__).parameters.items():
+        if name in NOT_FLAGS or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        text = str(param.annotation)
+        if any(t in text for t in ("ndarray", "dict", "Generator", "Callable")):
+            continue
+        flags = ["--" + name.replace("_", "-")] + ([SHORT_FLAGS[name]] if name in SHORT_FLAGS else [])
+        kind, is_bool = _flag_type(param)
+        default = None if param.default is inspect.Parameter.empty else param.default
+        help_text = PATH_ARGUMENTS.get(name, f"{name} (default: {default!r})")
+        if is_bool:
+            kwargs = {"action": argparse.BooleanOptionalAction, "help": help_text}
+        else:
+            kwargs = {"type": kind, "help": help_text}
+        if param.default is inspect.Parameter.empty:
+            kwargs["required"] = True  # e.g. the image of an image-to-video pipeline
+        out.append((name, flags, {**kwargs, "default": argparse.SUPPRESS, "dest": name}))
+    return out
+
+
+def _pipeline_class(export_dir: str, pipeline, video_given: bool):
+    from .families import family
+    from .manifest import verify_export
+
+    export = verify_export(export_dir, check_sums=False)
+    spec = family(export.family)
+    if pipeline is None and video_given and "video2video" in spec.aliases:
+        pipeline = "video2video"
+    name = pipeline if pipeline is not None else export.manifest["pipeline"]
+    return spec.pipeline_class(name), pipeline
+
+
+def build_parser(argv=None):
+    """(parser, pipeline class or None, pipeline name or None): the flags of the export named on the
+    command line, when there is one."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("export_dir", nargs="?")
+    probe.add_argument("--pipeline", default=None)
+    probe.add_argument("--video", default=None)
+    known, _ = probe.parse_known_args(argv)
+    parser = _base_parser(add_help=True)
+    cls = pipeline = None
+    if known.export_dir and (Path(known.export_dir) / "manifest.json").is_file():
+        cls, pipeline = _pipeline_class(known.export_dir, known.pipeline, known.video is not None)
+        group = parser.add_argument_group(f"{cls.__name__} arguments (defaults are the pipeline's)")
+        for _, flags, kwargs in call_flags(cls):
+            group.add_argument(*flags, **kwargs)
+    return parser, cls, pipeline
+
+
+def check_output(out: str):
+    """Refuse an output path that cannot be written before any graph runs."""
+    path = Path(out)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"--out {out}: unsupported extension {path.suffix or '(none)'}; use one of "
+                         f"{', '.join(OUTPUT_SUFFIXES)}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"--out {out}: folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--out {out}: folder {parent} is not writable")
+    if path.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name ending in .mp4 or .gif")
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        parser, cls, pipeline = build_parser(argv)
+    except (ValueError, RuntimeError, OSError) as err:
+        print(f"generate-video: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or a flag this export's pipeline does not take (argparse printed why)
+        return int(exit_.code or 0)
+    if cls is None:
+        print(f"generate-video: error: {args.export_dir} is not an export (no manifest.json); run export-model "
+              "first", file=sys.stderr)
+        return 2
     from . import load_pipeline
     from .video_io import write_video
 
+    kwargs = {name: getattr(args, name) for name, _, _ in call_flags(cls) if hasattr(args, name)}
     try:
+        check_output(args.out)
         start = time.perf_counter()
-        # exports that serve both text- and video-to-video (t2v, cogvideox): --video picks the latter;
-        # single-pipeline families refuse it with the pipeline they serve
-        pipeline = "video2video" if args.video else None
         pipe = load_pipeline(args.export_dir, backend=args.backend,
                              **({"pipeline": pipeline} if pipeline else {}))
-        kwargs = pipeline_kwargs(pipe.family, args)
         if args.tiling:
             if not hasattr(pipe, "enable_tiling"):
-                raise ValueError(f"--tiling applies to CogVideoX exports; this one is {pipe.family}")
+                raise ValueError(f"--tiling does not apply to {type(pipe).__name__}")
             pipe.enable_tiling()
-        video = pipe(**kwargs).frames[0]  # uint8 [F, H, W, 3]
-        write_video(args.out, video, fps=args.fps)
-    except (ValueError, RuntimeError, OSError) as err:
+        video = pipe(**kwargs, output_type="np").frames[0]  # float [F, H, W, 3] in [0, 1]
+        fps = args.out_fps or kwargs.get("fps") or _default(cls, "fps") or DEFAULT_FPS
+        write_video(args.out, video, fps=int(fps))
+    except (ValueError, RuntimeError, OSError, TypeError) as err:
         print(f"generate-video: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {args.out} ({video.shape[0]} frames, {video.shape[2]}x{video.shape[1]}) "
           f"in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _default(cls, name):
+    param = inspect.signature(cls.__call__).parameters.get(name)
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from .base import ExportedPipeline, VideoOutput
+from .families import FamilySpec
 from .image import OUTPUT_TYPES, as_image_list, open_image, postprocess_video, vae_image_inputs
 from .manifest import ExportInvalid, ShapeMismatch
 from .schedulers import get_timesteps_for_strength, make_cogvideox_scheduler
@@ -26,13 +27,6 @@ from .schedulers import get_timesteps_for_strength, make_cogvideox_scheduler
 logger = logging.getLogger(__name__)
 
 F32 = np.float32
-PIPELINE_NAMES = {
-    "text2video": "CogVideoXPipeline", "t2v": "CogVideoXPipeline", "CogVideoXPipeline": "CogVideoXPipeline",
-    "image2video": "CogVideoXImageToVideoPipeline", "i2v": "CogVideoXImageToVideoPipeline",
-    "CogVideoXImageToVideoPipeline": "CogVideoXImageToVideoPipeline",
-    "video2video": "CogVideoXVideoToVideoPipeline", "v2v": "CogVideoXVideoToVideoPipeline",
-    "CogVideoXVideoToVideoPipeline": "CogVideoXVideoToVideoPipeline",
-}
 
 
 class _CogVideoXBase(ExportedPipeline):
@@ -49,6 +43,13 @@ class _CogVideoXBase(ExportedPipeline):
         for name in self.manifest["graphs"]:
             if name.startswith(("vae_decoder_tile_", "vae_encoder_tile_")) and name not in self.graphs:
                 self.graphs[name] = backend.load(export.graph_path(name))
+
+    @classmethod
+    def check_export(cls, export):
+        exported = export.manifest.get("pipeline")
+        if (cls.__name__ == "CogVideoXImageToVideoPipeline") != (exported == "CogVideoXImageToVideoPipeline"):
+            raise ValueError(f"{export.root}: this export was built from a {exported} snapshot; {cls.__name__} needs "
+                             "a transformer with the matching input channels")
 
     def enable_tiling(self):
         """diffusers' ``vae.enable_tiling()`` (default tile sizes and overlaps): decode (and encode,
@@ -454,6 +455,13 @@ class CogVideoXImageToVideoPipeline(_CogVideoXBase):
 class CogVideoXVideoToVideoPipeline(_CogVideoXBase):
     """Video-to-video on a text-to-video checkpoint."""
 
+    @classmethod
+    def check_export(cls, export):
+        super().check_export(export)
+        if not export.manifest.get("video_encoder"):
+            raise ExportInvalid(f"{export.root}: the export has no video encoder graphs, which video-to-video needs; "
+                                "export a CogVideoXVideoToVideoPipeline snapshot or pass with_video_encoder=True")
+
     def __call__(self, video=None, prompt=None, negative_prompt=None, height: int | None = None,
                  width: int | None = None, num_inference_steps: int = 50, strength: float = 0.8,
                  guidance_scale: float = 6, use_dynamic_cfg: bool = False, num_videos_per_prompt: int = 1,
@@ -532,21 +540,13 @@ class CogVideoXVideoToVideoPipeline(_CogVideoXBase):
         return np.ascontiguousarray(video)
 
 
-def select_pipeline(export, backend, pipeline: str | None = None):
-    """The pipeline for a CogVideoX export: the class its manifest names, or ``pipeline``
-    ("text2video" / "video2video" on a text-to-video export with the video encoder)."""
-    name = pipeline if pipeline is not None else export.manifest.get("pipeline", "CogVideoXPipeline")
-    if name not in PIPELINE_NAMES:
-        raise ValueError(f"pipeline {name!r} is not one of this family's pipelines; choose one of "
-                         f"{sorted(PIPELINE_NAMES)}")
-    cls_name = PIPELINE_NAMES[name]
-    exported = export.manifest.get("pipeline")
-    if (cls_name == "CogVideoXImageToVideoPipeline") != (exported == "CogVideoXImageToVideoPipeline"):
-        raise ValueError(f"{export.root}: this export was built from a {exported} snapshot; {cls_name} needs "
-                         "a transformer with the matching input channels")
-    if cls_name == "CogVideoXVideoToVideoPipeline" and not export.manifest.get("video_encoder"):
-        raise ExportInvalid(f"{export.root}: the export has no video encoder graphs, which video-to-video needs; "
-                            "export a CogVideoXVideoToVideoPipeline snapshot or pass with_video_encoder=True")
-    cls = {"CogVideoXPipeline": CogVideoXPipeline, "CogVideoXImageToVideoPipeline": CogVideoXImageToVideoPipeline,
-           "CogVideoXVideoToVideoPipeline": CogVideoXVideoToVideoPipeline}[cls_name]
-    return cls(export, backend)
+FAMILY = FamilySpec(
+    name="cogvideox",
+    pipelines={"CogVideoXPipeline": CogVideoXPipeline, "CogVideoXImageToVideoPipeline": CogVideoXImageToVideoPipeline,
+               "CogVideoXVideoToVideoPipeline": CogVideoXVideoToVideoPipeline},
+    aliases={"text2video": "CogVideoXPipeline", "t2v": "CogVideoXPipeline",
+             "image2video": "CogVideoXImageToVideoPipeline", "i2v": "CogVideoXImageToVideoPipeline",
+             "video2video": "CogVideoXVideoToVideoPipeline", "v2v": "CogVideoXVideoToVideoPipeline"},
+    export="cogvideox",
+    components=("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import ExportedPipeline, VideoOutput
+from .families import FamilySpec
 from .image import as_image_list, clip_image_inputs, open_image, postprocess_video, vae_image_inputs
 from .schedulers import make_scheduler
 
@@ -110,3 +111,11 @@ class StableVideoDiffusionPipeline(ExportedPipeline):
         frames = frames.reshape((batch, num_frames) + frames.shape[1:]).transpose(0, 2, 1, 3, 4)  # [B, 3, F, H, W]
         video = postprocess_video(frames, output_type)
         return VideoOutput(frames=video) if return_dict else (video,)
+
+
+FAMILY = FamilySpec(
+    name="svd",
+    pipelines={"StableVideoDiffusionPipeline": StableVideoDiffusionPipeline},
+    export="svd",
+    components=("unet", "vae", "image_encoder", "feature_extractor", "scheduler"),
+)

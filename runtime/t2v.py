@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import ExportedPipeline, VideoOutput
+from .families import FamilySpec
 from .image import OUTPUT_TYPES, postprocess_video
 from .manifest import ExportInvalid, ShapeMismatch
 from .schedulers import add_noise, get_timesteps_for_strength, make_scheduler
@@ -23,13 +24,6 @@ from .schedulers import add_noise, get_timesteps_for_strength, make_scheduler
 logger = logging.getLogger(__name__)
 
 F32 = np.float32
-PIPELINE_NAMES = {
-    # load_pipeline(pipeline=...) names -> class names
-    "text2video": "TextToVideoSDPipeline", "t2v": "TextToVideoSDPipeline",
-    "TextToVideoSDPipeline": "TextToVideoSDPipeline",
-    "video2video": "VideoToVideoSDPipeline", "v2v": "VideoToVideoSDPipeline",
-    "VideoToVideoSDPipeline": "VideoToVideoSDPipeline",
-}
 
 
 class _UNet3DPipeline(ExportedPipeline):
@@ -313,6 +307,12 @@ class TextToVideoSDPipeline(_UNet3DPipeline):
 class VideoToVideoSDPipeline(_UNet3DPipeline):
     graph_names = ("text_encoder", "unet", "vae_decoder", "vae_decoder_tail", "vae_encoder", "vae_encoder_tail")
 
+    @classmethod
+    def check_export(cls, export):
+        if "vae_encoder" not in export.manifest["graphs"]:
+            raise ExportInvalid(f"{export.root}: the export has no vae_encoder graph, which video-to-video needs; "
+                                "re-export with this version of export-model")
+
     def __call__(
         self,
         prompt: str | list | None = None,
@@ -463,16 +463,11 @@ def _frame_array(frame) -> np.ndarray:
     return frame.astype(F32)
 
 
-def select_pipeline(export, backend, pipeline: str | None = None):
-    """The pipeline for a t2v-family export: the class its manifest names, or ``pipeline``
-    ("text2video" / "video2video" or a diffusers class name). One export serves both."""
-    name = pipeline if pipeline is not None else export.manifest.get("pipeline", "TextToVideoSDPipeline")
-    if name not in PIPELINE_NAMES:
-        raise ValueError(f"pipeline {name!r} is not one of this family's pipelines; choose one of "
-                         f"{sorted(PIPELINE_NAMES)}")
-    cls = {"TextToVideoSDPipeline": TextToVideoSDPipeline, "VideoToVideoSDPipeline": VideoToVideoSDPipeline}[
-        PIPELINE_NAMES[name]]
-    if cls is VideoToVideoSDPipeline and "vae_encoder" not in export.manifest["graphs"]:
-        raise ExportInvalid(f"{export.root}: the export has no vae_encoder graph, which video-to-video needs; "
-                            "re-export with this version of export-model")
-    return cls(export, backend)
+FAMILY = FamilySpec(
+    name="t2v",
+    pipelines={"TextToVideoSDPipeline": TextToVideoSDPipeline, "VideoToVideoSDPipeline": VideoToVideoSDPipeline},
+    aliases={"text2video": "TextToVideoSDPipeline", "t2v": "TextToVideoSDPipeline",
+             "video2video": "VideoToVideoSDPipeline", "v2v": "VideoToVideoSDPipeline"},
+    export="t2v",
+    components=("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+)

@@ -151,14 +151,11 @@ def text_to_video_model():
     generates a tiny model for it; else (family or None, None)."""
     from video_aot.export.sources import PRESET_DIR
     from video_aot.export.tiny import TINY
-    from video_aot.runtime import PIPELINES
+    from video_aot.runtime.families import families
 
     family = None
-    for name, (module, attr) in PIPELINES.items():
-        target = getattr(importlib.import_module(f"video_aot.runtime.{module}"), attr)
-        candidates = [target] if isinstance(target, type) else [
-            getattr(importlib.import_module(f"video_aot.runtime.{module}"), n, None) for n in ("TextToVideoSDPipeline",)]
-        if any(c is not None and "prompt" in inspect.signature(c.__call__).parameters for c in candidates):
+    for name, spec in families().items():
+        if any("prompt" in inspect.signature(c.__call__).parameters for c in spec.pipelines.values()):
             family = name
     if family is None:
         return None, None
@@ -536,3 +533,46 @@ def test_load_script_serves_a_relative_export_path(svd_export, tmp_path, monkeyp
                       "--json", str(report)]) == 0
     result = json.loads(report.read_text())
     assert result["accepted"] >= 1 and result["succeeded"] == result["accepted"] and result["failed"] == 0
+
+
+# ----------------------------------------------------------------------------------------------- hardening (issue 16)
+def test_huge_integers_answer_422_with_the_range(client):
+    """Integers past the int64/uint64 range (Python's json reads any size) are refused with the
+    allowed range, never a 500 (issue 16.2)."""
+    image = png_b64()
+    for field, value in (("seed", 10**30), ("seed", -(10**30)), ("num_inference_steps", 10**30),
+                         ("motion_bucket_id", 2**64), ("noise_aug_strength", 10**30), ("fps", 10**400),
+                         ("max_guidance_scale", -(10**400))):
+        err = _error(client.post("/v1/videos", json={"model": "svd", "image": image, field: value}), 422)
+        assert err["field"] == field, (field, err)
+        assert set(err["allowed"]) == {"minimum", "maximum"}, err
+        assert "out of range" in err["message"]
+    err = _error(client.post("/v1/videos", json={"model": "svd", "image": image, "seed": 10**30}), 422)
+    assert err["allowed"] == {"minimum": 0, "maximum": 2**63 - 1}
+    assert metric(client.get("/metrics").text, "video_aot_http_responses_total", code=500) == 0
+
+
+def _service(svd_export, tmp_path, **settings):
+    from video_aot.runtime.server import Service, Settings
+
+    return Service(Settings(exports=[("svd", str(svd_export))], data_dir=str(tmp_path / "data"), **settings))
+
+
+def test_server_errors_are_counted_and_answered(svd_export, tmp_path):
+    """An unexpected exception in a handler answers a JSON 500 and counts in
+    video_aot_http_responses_total{code="500"} (issue 16.2)."""
+    from starlette.testclient import TestClient
+
+    from video_aot.runtime.server import create_app
+
+    service = _service(svd_export, tmp_path)
+
+    def broken(body):
+        raise TypeError("a bug")
+
+    service.submit = broken
+    with TestClient(create_app(service), base_url="http://127.0.0.1", raise_server_exceptions=False) as app:
+        response = app.post("/v1/videos", json={"model": "svd"})
+        assert response.status_code == 500
+        assert "TypeError" in response.json()["error"]["message"]
+        assert metric(app.get("/metrics").text, "video_aot_http_responses_total", code=500) == 1
