@@ -4,7 +4,6 @@ layouts (encode + decode, timestep conditioning, injected noise fed as inputs), 
 pack / unpack / normalise helpers. Tiny configs from diffusers' own tests, perturbed weights."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -22,9 +21,11 @@ from video_aot.models.ltx_vae import (
 # diffusers tests/pipelines/ltx/test_ltx.py get_dummy_components
 TRANSFORMER = dict(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4,
                    attention_head_dim=8, cross_attention_dim=32, num_layers=1, caption_channels=32)
-# diffusers tests/models/autoencoders/test_models_autoencoder_ltx_video.py (0.9.0 and 0.9.1 classes)
-VAE_090 = dict(in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
-               decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
+# diffusers tests/models/autoencoders/test_models_autoencoder_ltx_video.py (0.9.0 and 0.9.1 classes); the
+# 0.9.0 one with channel changes (8 -> 16), as the real checkpoint, so that the resnet shortcut
+# (norm3 + conv_shortcut), the down block conv_out and the up block conv_in take part
+VAE_090 = dict(in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 16, 16, 16),
+               decoder_block_out_channels=(8, 16, 16, 16), layers_per_block=(1, 1, 1, 1, 1),
                decoder_layers_per_block=(1, 1, 1, 1, 1), spatio_temporal_scaling=(True, True, False, False),
                decoder_spatio_temporal_scaling=(True, True, False, False),
                decoder_inject_noise=(False, False, False, False, False), upsample_residual=(False,) * 4,
@@ -196,6 +197,7 @@ def _check_moments(vae, cell, x):
 def test_vae_090_encode_decode(tmp_path):
     vae = _tiny_vae(VAE_090, 3)
     cell, config = _save_and_load(vae, tmp_path)
+    assert cell.encoder.down_blocks[0].has_conv_out and cell.decoder.up_blocks[3].has_conv_in
     assert np.allclose(cell.latents_mean.asnumpy(), vae.latents_mean.numpy())
     rng = np.random.default_rng(3)
     x = rng.uniform(-1, 1, (2, 3, 9, 16, 16)).astype(np.float32)
