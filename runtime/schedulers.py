@@ -1626,15 +1626,19 @@ def make_scheduler(
     config:    the content of ``scheduler/scheduler_config.json`` (a dict, or ``dict(scheduler.config)``
                of a live diffusers scheduler), or a path to that file.
     name:      override the class: "euler", "euler_a", "ddim", "dpm++" / "dpmsolver++", "lcm",
-               "flow_euler", or a diffusers class name; for a CogVideoX config "ddim" / "dpm".
+               "flow_euler", or a diffusers class name; for a CogVideoX config "ddim" / "dpm"
+               (the CogVideoX class names and "cogvideox_ddim" / "cogvideox_dpm" work for any config).
                Defaults to the config's ``_class_name``. Config keys the class does not know are
                ignored, as in diffusers.
     overrides: config fields to replace, for example ``use_karras_sigmas=True``.
     """
     config = _load_config(config)
-    if str(config.get("_class_name", "")).startswith("CogVideoX"):
-        return make_cogvideox_scheduler(config, name=name, **overrides)
     key = name if name is not None else config.get("_class_name")
+    if str(config.get("_class_name", "")).startswith("CogVideoX") or (
+            isinstance(key, str) and key.strip().lower().startswith("cogvideox")):
+        # CogVideoX's own pair: "ddim" / "dpm" for a CogVideoX config, or the class names for any
+        # (a live diffusers config, dict(scheduler.config), carries no _class_name)
+        return make_cogvideox_scheduler(config, name=name, **overrides)
     if key is None:
         raise ValueError("The scheduler config has no '_class_name'; pass name= one of "
                          f"{', '.join(repr(k) for k in _FAMILIES)}.")
