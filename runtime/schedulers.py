@@ -1097,31 +1097,30 @@ def euler_plan_arrays(config: EulerConfig, alphas_cumprod: np.ndarray, n: int):
 
 
 class _VESigmas(Scheduler):
-    """Shared by the schedulers whose plan is a VE sigma array."""
+    """Shared by the schedulers whose plan is a VE sigma array (fields: config, betas, alphas_cumprod)."""
+
+    @classmethod
+    def from_config(cls, config: Any) -> "_VESigmas":
+        config.validate()
+        return cls(config=config, betas=_readonly(make_betas(config)),
+                   alphas_cumprod=_readonly(_zero_snr_alphas_cumprod(config)))
 
     def _noise_levels(self, plan, idx, timesteps, dtype):
         sigma = plan.sigmas.astype(dtype)[idx]
         return np.ones_like(sigma), sigma
 
 
-@dataclass(frozen=True, eq=False)
-class EulerDiscrete(_VESigmas):
-    """diffusers ``EulerDiscreteScheduler`` (s_churn = 0 path)."""
-
-    name: ClassVar[str] = "euler"
-    config: EulerConfig
-    betas: np.ndarray
-    alphas_cumprod: np.ndarray
-
-    @classmethod
-    def from_config(cls, config: EulerConfig) -> "EulerDiscrete":
-        config.validate()
-        return cls(config=config, betas=_readonly(make_betas(config)),
-                   alphas_cumprod=_readonly(_zero_snr_alphas_cumprod(config)))
+class _EulerFamily(_VESigmas):
+    """Euler and Euler ancestral: EulerDiscreteScheduler's sigmas, network input x / sqrt(sigma^2 + 1)."""
 
     def set_timesteps(self, num_inference_steps: int) -> Plan:
         n = _check_num_steps(num_inference_steps, self.config.num_train_timesteps)
-        timesteps, sigmas, init_noise_sigma = euler_plan_arrays(self.config, self.alphas_cumprod, n)
+        config = self.config
+        if not isinstance(config, EulerConfig):
+            # Euler ancestral: the plain Euler schedule (linear interpolation, no Karras, final sigma
+            # zero, discrete t), which its config fields spell out with Euler's defaults
+            config = EulerConfig(**dataclasses.asdict(config))
+        timesteps, sigmas, init_noise_sigma = euler_plan_arrays(config, self.alphas_cumprod, n)
         return Plan(self, n, _readonly(timesteps), init_noise_sigma, sigmas=_readonly(sigmas))
 
     def scale_model_input(self, plan: Plan, i: int, x: np.ndarray) -> np.ndarray:
@@ -1129,6 +1128,16 @@ class EulerDiscrete(_VESigmas):
         i = _check_index(plan, i, self)
         sigma = plan.sigmas[i]
         return x / np.sqrt(sigma * sigma + F32(1))
+
+
+@dataclass(frozen=True, eq=False)
+class EulerDiscrete(_EulerFamily):
+    """diffusers ``EulerDiscreteScheduler`` (s_churn = 0 path)."""
+
+    name: ClassVar[str] = "euler"
+    config: EulerConfig
+    betas: np.ndarray
+    alphas_cumprod: np.ndarray
 
     def step(self, plan: Plan, i: int, x: np.ndarray, model_output: np.ndarray, state: None = None, *,
              generator: Optional[np.random.Generator] = None) -> Tuple[np.ndarray, None]:
@@ -1143,25 +1152,14 @@ class EulerDiscrete(_VESigmas):
 
 
 @dataclass(frozen=True, eq=False)
-class EulerAncestralDiscrete(EulerDiscrete):
+class EulerAncestralDiscrete(_EulerFamily):
     """diffusers ``EulerAncestralDiscreteScheduler``: Euler down to sigma_down, then fresh noise
     of size sigma_up, drawn from the caller's generator once per step (as diffusers draws it)."""
 
     name: ClassVar[str] = "euler_a"
     config: EulerAncestralConfig
-
-    @classmethod
-    def from_config(cls, config: EulerAncestralConfig) -> "EulerAncestralDiscrete":
-        config.validate()
-        return cls(config=config, betas=_readonly(make_betas(config)),
-                   alphas_cumprod=_readonly(_zero_snr_alphas_cumprod(config)))
-
-    def set_timesteps(self, num_inference_steps: int) -> Plan:
-        # the plain Euler schedule: linear interpolation, no Karras, final sigma zero, discrete t
-        n = _check_num_steps(num_inference_steps, self.config.num_train_timesteps)
-        euler_config = EulerConfig(**dataclasses.asdict(self.config))
-        timesteps, sigmas, init_noise_sigma = euler_plan_arrays(euler_config, self.alphas_cumprod, n)
-        return Plan(self, n, _readonly(timesteps), init_noise_sigma, sigmas=_readonly(sigmas))
+    betas: np.ndarray
+    alphas_cumprod: np.ndarray
 
     def step(self, plan: Plan, i: int, x: np.ndarray, model_output: np.ndarray, state: None = None, *,
              generator: Optional[np.random.Generator] = None) -> Tuple[np.ndarray, None]:
@@ -1182,12 +1180,6 @@ class DPMSolverMultistep(_VESigmas):
     config: DPMSolverConfig
     betas: np.ndarray
     alphas_cumprod: np.ndarray
-
-    @classmethod
-    def from_config(cls, config: DPMSolverConfig) -> "DPMSolverMultistep":
-        config.validate()
-        return cls(config=config, betas=_readonly(make_betas(config)),
-                   alphas_cumprod=_readonly(_zero_snr_alphas_cumprod(config)))
 
     def set_timesteps(self, num_inference_steps: int) -> Plan:
         config = self.config
@@ -1269,10 +1261,20 @@ class DPMSolverMultistep(_VESigmas):
 
 
 class _VPTable(Scheduler):
-    """Shared by the schedulers that step on alpha_bar looked up at integer timesteps."""
+    """Shared by the schedulers that step on alpha_bar looked up at integer timesteps (fields:
+    config, betas, alphas_cumprod, final_alpha_cumprod; CogVideoX builds its own tables)."""
 
     alphas_cumprod: np.ndarray
     final_alpha_cumprod: Any
+
+    @classmethod
+    def from_config(cls, config: Any) -> "_VPTable":
+        config.validate()
+        betas = make_betas(config)
+        alphas_cumprod = cumprod_f32(F32(1.0) - betas)
+        final = F32(1.0) if config.set_alpha_to_one else alphas_cumprod[0]
+        return cls(config=config, betas=_readonly(betas), alphas_cumprod=_readonly(alphas_cumprod),
+                   final_alpha_cumprod=F32(final))
 
     def _plan(self, n: int, timesteps: np.ndarray, prev: np.ndarray) -> Plan:
         """Plan stepping from timesteps[i] to prev[i] (below 0: final_alpha_cumprod)."""
@@ -1298,15 +1300,6 @@ class DDIM(_VPTable):
     betas: np.ndarray
     alphas_cumprod: np.ndarray
     final_alpha_cumprod: np.float32
-
-    @classmethod
-    def from_config(cls, config: DDIMConfig) -> "DDIM":
-        config.validate()
-        betas = make_betas(config)
-        alphas_cumprod = cumprod_f32(F32(1.0) - betas)
-        final = F32(1.0) if config.set_alpha_to_one else alphas_cumprod[0]
-        return cls(config=config, betas=_readonly(betas), alphas_cumprod=_readonly(alphas_cumprod),
-                   final_alpha_cumprod=F32(final))
 
     def set_timesteps(self, num_inference_steps: int) -> Plan:
         T = self.config.num_train_timesteps
@@ -1366,15 +1359,6 @@ class LCM(_VPTable):
     betas: np.ndarray
     alphas_cumprod: np.ndarray
     final_alpha_cumprod: np.float32
-
-    @classmethod
-    def from_config(cls, config: LCMConfig) -> "LCM":
-        config.validate()
-        betas = make_betas(config)
-        alphas_cumprod = cumprod_f32(F32(1.0) - betas)
-        final = F32(1.0) if config.set_alpha_to_one else alphas_cumprod[0]
-        return cls(config=config, betas=_readonly(betas), alphas_cumprod=_readonly(alphas_cumprod),
-                   final_alpha_cumprod=F32(final))
 
     def set_timesteps(self, num_inference_steps: int, *, original_inference_steps: Optional[int] = None,
                       strength: float = 1.0) -> Plan:
@@ -1577,11 +1561,30 @@ class FlowMatchEulerDiscrete(Scheduler):
         return dtype.type(1.0) - sigma, sigma
 
     def step(self, plan: Plan, i: int, x: np.ndarray, model_output: np.ndarray, state: None = None, *,
-             generator: Optional[np.random.Generator] = None) -> Tuple[np.ndarray, None]:
+             generator: Optional[np.random.Generator] = None,
+             per_token_timesteps: Optional[np.ndarray] = None) -> Tuple[np.ndarray, None]:
         """One step from sigma_i to sigma_{i+1}. With stochastic_sampling, noise is drawn from
-        ``generator`` every step; otherwise ``generator`` is unused."""
+        ``generator`` every step; otherwise ``generator`` is unused.
+
+        per_token_timesteps: [B, N] timesteps of the tokens of a packed sample x: [B, N, C]
+        (LTXConditionPipeline: conditioning tokens sit at lower noise). Each token steps from its own
+        sigma to the largest plan sigma below it. Pass the network's velocity as for any step:
+        diffusers' pipeline passes -velocity there and its step flips the sign of dt, which is the
+        same arithmetic.
+        """
         i, x, model_output, out_dtype = _step_inputs(plan, i, self, x, model_output)
         sigma, sigma_next = plan.sigmas[i], plan.sigmas[i + 1]
+        if per_token_timesteps is not None:
+            if self.config.stochastic_sampling:
+                raise NotImplementedError("per_token_timesteps with stochastic_sampling=True is not implemented "
+                                          "(diffusers' pipelines do not combine them).")
+            token_sigmas = _as_f32(per_token_timesteps, "per_token_timesteps") / F32(self.config.num_train_timesteps)
+            if token_sigmas.shape != x.shape[:-1]:
+                raise ValueError(f"per_token_timesteps shape {token_sigmas.shape} must be the sample's shape without "
+                                 f"its channel axis, {x.shape[:-1]}.")
+            levels = plan.sigmas.reshape(-1, *([1] * token_sigmas.ndim))
+            below = np.where(levels < token_sigmas[None] - F32(1e-6), levels, F32(0)).max(axis=0)
+            sigma, sigma_next = token_sigmas[..., None], below[..., None]
         pred = read_model_output("flow_prediction", model_output, x, sigma)
         if self.config.stochastic_sampling:
             noise = _draw(generator, x.shape, "FlowMatchEulerDiscreteScheduler(stochastic_sampling=True)")

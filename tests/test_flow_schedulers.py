@@ -189,6 +189,31 @@ def test_ltx_091_dynamic_shift_and_shift_terminal(num_steps):
         ours.set_timesteps(num_steps)
 
 
+def test_ltx_condition_per_token_timesteps():
+    # LTXConditionPipeline: conditioning tokens carry lower timesteps; the packed sample is [B, N, C]
+    ours, ref = flow_pair(LTX_091_CONFIG)
+    num_steps, mu = 8, ours.mu_for(4 * 6 * 6)
+    sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
+    ref.set_timesteps(num_steps, sigmas=sigmas, mu=mu)
+    plan = ours.set_timesteps(num_steps, sigmas=sigmas, mu=mu)
+    rng = np.random.default_rng(3)
+    mask = torch.from_numpy(rng.choice(np.float32([0.0, 0.0, 1.0, 0.35]), size=(2, 144)))  # [B, N]
+    x = rng.standard_normal((2, 144, 8)).astype(np.float32)
+    x_ref, x_start = torch.from_numpy(x.copy()), x.copy()
+    for i, t in enumerate(ref.timesteps):
+        timestep = torch.min(t.expand(2).unsqueeze(-1).float(), (1 - mask) * 1000.0)  # as the pipeline
+        out = fake_network(x, float(t))
+        x, _ = ours.step(plan, i, x, out, per_token_timesteps=timestep.numpy())
+        x_ref = ref.step(-torch.from_numpy(out), t, x_ref, per_token_timesteps=timestep, return_dict=False)[0]
+        err = rel_err(x, x_ref.numpy())
+        assert err <= RTOL, f"step {i}: relative error {err:.3g}"
+    frozen = (mask == 1).numpy()
+    np.testing.assert_array_equal(x[frozen], x_start[frozen])  # fully conditioned tokens never move
+    assert rel_err(x[~frozen], x_start[~frozen]) > 1e-2
+    with pytest.raises(ValueError, match="channel axis"):
+        ours.step(plan, 0, x, x, per_token_timesteps=np.zeros((2, 3), np.float32))
+
+
 @pytest.mark.parametrize("num_steps", [1, 7, 30])
 def test_hunyuan_static_shift_with_pipeline_sigmas(num_steps):
     ours, ref = flow_pair(HUNYUAN_CONFIG)
