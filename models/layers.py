@@ -306,7 +306,9 @@ class Attention(nn.Cell):
         self.residual_connection = residual_connection
         self.rescale_output_factor = rescale_output_factor
 
-    def construct(self, hidden_states, encoder_hidden_states=None):
+    def construct(self, hidden_states, encoder_hidden_states=None, attention_mask=None):
+        # attention_mask: optional additive bias broadcastable to [B, heads, Nq, Nk] (HunyuanVideo's
+        # causal frame mask in its VAE mid-block)
         residual = hidden_states
         in_shape = hidden_states.shape
         spatial = len(in_shape) == 4
@@ -328,7 +330,7 @@ class Attention(nn.Cell):
             out = ops.broadcast_to(out, (b, nq, out.shape[-1]))
         else:
             out = scaled_dot_product_attention(
-                self.to_q(hidden_states), self.to_k(context), self.to_v(context), self.heads
+                self.to_q(hidden_states), self.to_k(context), self.to_v(context), self.heads, mask=attention_mask
             )
             out = self.to_out[0](out)
         if spatial:
@@ -370,6 +372,18 @@ class SwiGLU(nn.Cell):
         return h * silu(gate)
 
 
+class LinearActivation(nn.Cell):
+    """diffusers LinearActivation: ``proj`` then an activation (FeedForward "linear-silu")."""
+
+    def __init__(self, dim_in: int, dim_out: int, activation: str = "silu", bias: bool = True):
+        super().__init__()
+        self.proj = Linear(dim_in, dim_out, bias=bias)
+        self.act = get_activation(activation)
+
+    def construct(self, x):
+        return self.act(self.proj(x))
+
+
 class Identity(nn.Cell):
     def construct(self, x):
         return x
@@ -384,6 +398,7 @@ class FeedForward(nn.Cell):
         "gelu": (False, "none"),
         "gelu-approximate": (False, "tanh"),
         "swiglu": (True, "silu"),  # SwiGLU (Mochi)
+        "linear-silu": (False, "linear-silu"),  # Linear then SiLU (HunyuanVideo's token refiner)
     }
 
     def __init__(self, dim: int, dim_out: int | None = None, mult: int = 4, activation_fn: str = "geglu",
@@ -394,7 +409,9 @@ class FeedForward(nn.Cell):
         inner = inner_dim if inner_dim is not None else int(dim * mult)
         gated, approx = self._ACTS[activation_fn]
         self.net = nn.CellList([
-            SwiGLU(dim, inner, bias=bias) if approx == "silu" else GELUProj(dim, inner, gated, approx, bias=bias),
+            SwiGLU(dim, inner, bias=bias) if approx == "silu"
+            else LinearActivation(dim, inner, "silu", bias=bias) if approx == "linear-silu"
+            else GELUProj(dim, inner, gated, approx, bias=bias),
             Identity(),
             Linear(inner, dim_out if dim_out is not None else dim, bias=bias),
         ])
