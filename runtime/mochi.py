@@ -1,0 +1,334 @@
+"""MochiPipeline (Mochi-1 text-to-video) over exported graphs. The call mirrors diffusers'
+``MochiPipeline.__call__`` argument for argument; the loop is written flat with its numbered phases.
+
+What is diffusers' behaviour, kept here:
+- T5 runs with the tokenizer's attention mask, and the mask goes on to the transformer (padded text
+  tokens are masked out there). With ``force_zeros_for_empty_prompt`` (model_index.json, or the
+  export option), a prompt list whose last entry is "" is encoded from zero token ids and an all-zero
+  mask (genmo's original treatment of the empty negative prompt).
+- Sigmas: the linear-quadratic schedule (threshold noise 0.025) passed to FlowMatchEuler as
+  ``sigmas=``; with the checkpoint's ``invert_sigmas`` the transformer sees t = (1 - sigma) * 1000.
+  diffusers always passes those sigmas, so its ``timesteps=`` argument can never be used (it raises
+  "Only one of `timesteps` or `sigmas`"); the same error is raised here.
+- Latents, CFG and the scheduler step are float32; the CFG pair (negative first) runs in the step
+  graph as one batch of 2B. Without CFG the graph still takes 2B: the prompt fills both halves and
+  the guidance scale is 1.
+- Before decoding, latents * latents_std / scaling_factor + latents_mean (inside the decoder graph).
+
+Static shapes: height, width, num_frames (through its latent frame count), the batch (prompts x
+num_videos_per_prompt) and max_sequence_length are fixed at export time. Each of them left at None
+takes the exported value (the mochi-1 preset exports diffusers' defaults: 480x848, 19 frames, 256
+tokens); another value is refused, naming the exported shapes.
+
+Randomness: one numpy generator (``seed=`` or ``generator=``) supplies the initial latents.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any, Callable
+
+import numpy as np
+
+from .base import ExportedPipeline, VideoOutput
+from .families import FamilySpec
+from .image import OUTPUT_TYPES, postprocess_video
+from .manifest import ExportInvalid, ShapeMismatch
+from .schedulers import FLOW_MATCH_CLASS_NAMES, linear_quadratic_schedule, make_scheduler
+
+logger = logging.getLogger(__name__)
+
+F32 = np.float32
+THRESHOLD_NOISE = 0.025  # MochiPipeline: genmo's infer.py threshold for the linear-quadratic schedule
+CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds")
+
+
+class MochiPipeline(ExportedPipeline):
+    family = "mochi"
+    graph_names = ("text_encoder", "transformer", "vae_decoder")
+    image_inputs = ()
+    # diffusers' linear-quadratic schedule needs at least 2 steps (1 step divides by zero there)
+    request_limits = {"num_inference_steps": (2, 500)}
+
+    def __init__(self, export, backend):
+        super().__init__(export, backend)
+        self._tokenizer = None
+        # diffusers' pipeline config entry (register_to_config); a caller may flip it as in diffusers
+        self.force_zeros_for_empty_prompt = bool(self.manifest.get("force_zeros_for_empty_prompt", False))
+
+    # ------------------------------------------------------------------ requests over a service
+    def request_schema(self) -> dict:
+        """As the base schema, with the schedulers that take MochiPipeline's custom sigmas."""
+        schema = super().request_schema()
+        if "scheduler" in schema:
+            schema["scheduler"]["enum"] = sorted(FLOW_MATCH_CLASS_NAMES)
+        return schema
+
+    def example_request(self) -> dict:
+        return {**super().example_request(), "num_inference_steps": 2}
+
+    def check_request(self, kwargs: dict):
+        if "num_frames" in kwargs:
+            self.check_frames(kwargs["num_frames"])
+
+    # ------------------------------------------------------------------ checks
+    def check_frames(self, num_frames):
+        """Any frame count with the exported latent-frame count ((num_frames - 1) // 6 + 1) is the
+        same static shape (diffusers then decodes (latent frames - 1) * 6 + 1 frames)."""
+        m = self.manifest
+        temporal = m["vae_scale_factor_temporal"]
+        self.check_number("num_frames", num_frames, minimum=1, integer=True)
+        got = (int(num_frames) - 1) // temporal + 1
+        if got != m["latent_frames"]:
+            lo = (m["latent_frames"] - 1) * temporal + 1
+            raise ShapeMismatch(
+                f"num_frames={num_frames} gives {got} latent frames, but this export was built for "
+                f"{m['latent_frames']} latent frames (num_frames {lo} to {lo + temporal - 1}); exported shapes: "
+                f"{self.export.describe_shapes()}. Static shapes are fixed at export time: re-export with "
+                f"export-model --frames {num_frames}.")
+
+    def check_inputs(self, prompt, height, width, callback_on_step_end_tensor_inputs, prompt_embeds,
+                     negative_prompt_embeds, prompt_attention_mask, negative_prompt_attention_mask):
+        """diffusers' check_inputs, plus the export's static height and width."""
+        if height % 8 != 0 or width % 8 != 0:
+            raise ValueError(f"`height` and `width` have to be divisible by 8 but are {height} and {width}.")
+        self.check_shapes(height=height, width=width)
+        if callback_on_step_end_tensor_inputs is not None:
+            self.check_callback_inputs(callback_on_step_end_tensor_inputs, CALLBACK_TENSOR_INPUTS)
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("Cannot forward both `prompt` and `prompt_embeds`. Please make sure to only forward one "
+                             "of the two.")
+        if prompt is None and prompt_embeds is None:
+            raise ValueError("Provide either `prompt` or `prompt_embeds`. Cannot leave both `prompt` and "
+                             "`prompt_embeds` undefined.")
+        if prompt is not None and not isinstance(prompt, (str, list)):
+            raise ValueError(f"`prompt` has to be of type `str` or `list` but is {type(prompt)}")
+        if prompt_embeds is not None and prompt_attention_mask is None:
+            raise ValueError("Must provide `prompt_attention_mask` when specifying `prompt_embeds`.")
+        if negative_prompt_embeds is not None and negative_prompt_attention_mask is None:
+            raise ValueError("Must provide `negative_prompt_attention_mask` when specifying `negative_prompt_embeds`.")
+        if prompt_embeds is not None and negative_prompt_embeds is not None:
+            if np.shape(prompt_embeds) != np.shape(negative_prompt_embeds):
+                raise ValueError("`prompt_embeds` and `negative_prompt_embeds` must have the same shape when passed "
+                                 f"directly, but got: `prompt_embeds` {np.shape(prompt_embeds)} != "
+                                 f"`negative_prompt_embeds` {np.shape(negative_prompt_embeds)}.")
+            if np.shape(prompt_attention_mask) != np.shape(negative_prompt_attention_mask):
+                raise ValueError("`prompt_attention_mask` and `negative_prompt_attention_mask` must have the same "
+                                 f"shape when passed directly, but got: `prompt_attention_mask` "
+                                 f"{np.shape(prompt_attention_mask)} != `negative_prompt_attention_mask` "
+                                 f"{np.shape(negative_prompt_attention_mask)}.")
+
+    # ------------------------------------------------------------------ prompt
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            info = self.manifest.get("tokenizer")
+            if not info:
+                raise ValueError(f"{self.export.root}: this export has no tokenizer (exported with random weights or "
+                                 "from a snapshot without tokenizer/); pass prompt_embeds= and prompt_attention_mask= "
+                                 "(and the negative ones)")
+            folder = self.export.root / info["folder"]
+            if not folder.is_dir():
+                raise ExportInvalid(f"{self.export.root}: the tokenizer folder {info['folder']!r} is missing; re-export")
+            from transformers import T5TokenizerFast
+
+            self._tokenizer = T5TokenizerFast.from_pretrained(str(folder))
+        return self._tokenizer
+
+    def _get_t5_prompt_embeds(self, prompt, num_videos_per_prompt, max_sequence_length):
+        """(prompt_embeds [B * n, L, D], attention mask [B * n, L]) for the prompts, each repeated
+        num_videos_per_prompt times in a row as diffusers' repeat + view does."""
+        prompt = [prompt] if isinstance(prompt, str) else list(prompt)
+        text_inputs = self.tokenizer(prompt, padding="max_length", max_length=max_sequence_length, truncation=True,
+                                     add_special_tokens=True, return_tensors="np")
+        ids = np.asarray(text_inputs["input_ids"], np.int32)
+        mask = np.asarray(text_inputs["attention_mask"]).astype(bool)
+        # genmo zeroes empty prompts; diffusers tests the last prompt of the list and zeroes them all
+        if self.force_zeros_for_empty_prompt and prompt[-1] == "":
+            ids = np.zeros_like(ids)
+            mask = np.zeros_like(mask)
+        untruncated = self.tokenizer(prompt, padding="longest", return_tensors="np")["input_ids"]
+        if untruncated.shape[-1] >= ids.shape[-1] and not np.array_equal(ids, untruncated):
+            removed = self.tokenizer.batch_decode(untruncated[:, max_sequence_length - 1:-1])
+            logger.warning("The following part of your input was truncated because `max_sequence_length` is set to "
+                           f" {max_sequence_length} tokens: {removed}")
+        # the graph has the export's batch: encode each prompt once per video (identical rows)
+        ids = np.repeat(ids, num_videos_per_prompt, axis=0)
+        mask = np.repeat(mask, num_videos_per_prompt, axis=0)
+        self.check_shapes(batch=ids.shape[0])
+        with self.timed("text_encode"):
+            embeds = self.graphs["text_encoder"](input_ids=ids, attention_mask=mask.astype(np.int32))[0]
+        return embeds.astype(F32), mask
+
+    def encode_prompt(self, prompt, negative_prompt=None, do_classifier_free_guidance=True, num_videos_per_prompt=1,
+                      prompt_embeds=None, negative_prompt_embeds=None, prompt_attention_mask=None,
+                      negative_prompt_attention_mask=None, max_sequence_length=256):
+        """diffusers' encode_prompt: (prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
+        negative_prompt_attention_mask); masks are bool arrays."""
+        prompt = [prompt] if isinstance(prompt, str) else prompt
+        batch_size = len(prompt) if prompt is not None else np.shape(prompt_embeds)[0]
+        if prompt_embeds is None:
+            prompt_embeds, prompt_attention_mask = self._get_t5_prompt_embeds(prompt, num_videos_per_prompt,
+                                                                              max_sequence_length)
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            negative_prompt = negative_prompt or ""
+            negative_prompt = batch_size * [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
+            if prompt is not None and type(prompt) is not type(negative_prompt):
+                raise TypeError(f"`negative_prompt` should be the same type to `prompt`, but got "
+                                f"{type(negative_prompt)} != {type(prompt)}.")
+            if batch_size != len(negative_prompt):
+                raise ValueError(f"`negative_prompt`: {negative_prompt} has batch size {len(negative_prompt)}, but "
+                                 f"`prompt`: {prompt} has batch size {batch_size}. Please make sure that passed "
+                                 "`negative_prompt` matches the batch size of `prompt`.")
+            negative_prompt_embeds, negative_prompt_attention_mask = self._get_t5_prompt_embeds(
+                negative_prompt, num_videos_per_prompt, max_sequence_length)
+        return prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask
+
+    def _given_embeds(self, embeds, mask, name, batch, max_sequence_length):
+        """User-given embeddings and mask, checked against the graphs' static shapes."""
+        if embeds is None:
+            return None, None
+        shape = (batch, max_sequence_length, self.manifest["text_encoder"]["hidden_size"])
+        embeds = np.asarray(embeds, F32)
+        mask = np.asarray(mask)
+        if embeds.shape != shape or mask.shape != shape[:2]:
+            raise ShapeMismatch(f"{name} {embeds.shape} with mask {mask.shape}: this export takes {shape} and "
+                                f"{shape[:2]} (batch x max_sequence_length x T5 width); exported shapes: "
+                                f"{self.export.describe_shapes()}")
+        return embeds, mask.astype(bool)
+
+    # ------------------------------------------------------------------ pieces
+    def _scheduler(self, name):
+        """The export's scheduler, or the one asked for by name; it must take custom sigmas, as
+        diffusers' retrieve_timesteps requires of MochiPipeline's scheduler."""
+        sched = make_scheduler(self.manifest["scheduler"], name=name)
+        if "sigmas" not in inspect.signature(sched.set_timesteps).parameters:
+            raise ValueError(f"The current scheduler class {type(sched).__name__}'s `set_timesteps` does not support "
+                             "custom sigmas schedules. Please check whether you are using the correct scheduler "
+                             f"(MochiPipeline passes its own sigmas; choose one of {sorted(FLOW_MATCH_CLASS_NAMES)}).")
+        return sched
+
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        """latents [B, C, F, h, w] as the sampler leaves them -> frames [B, 3, N, H, W] (the graph
+        de-normalises with latents_mean / latents_std first)."""
+        with self.timed("vae_decode"):
+            return self.graphs["vae_decoder"](latents=np.ascontiguousarray(latents, dtype=F32))[0]
+
+    # ------------------------------------------------------------------ call
+    def __call__(self, prompt: str | list[str] | None = None, negative_prompt: str | list[str] | None = None,
+                 height: int | None = None, width: int | None = None, num_frames: int | None = None,
+                 num_inference_steps: int = 64, timesteps: list[int] | np.ndarray | None = None,
+                 guidance_scale: float = 4.5, num_videos_per_prompt: int = 1,
+                 generator: np.random.Generator | None = None, latents: np.ndarray | None = None,
+                 prompt_embeds: np.ndarray | None = None, prompt_attention_mask: np.ndarray | None = None,
+                 negative_prompt_embeds: np.ndarray | None = None,
+                 negative_prompt_attention_mask: np.ndarray | None = None, output_type: str = "pil",
+                 return_dict: bool = True, attention_kwargs: dict[str, Any] | None = None,
+                 callback_on_step_end: Callable | None = None,
+                 callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+                 max_sequence_length: int | None = None, seed: int | None = None, scheduler: str | None = None):
+        m = self.manifest
+        if attention_kwargs:
+            raise ValueError(f"attention_kwargs={attention_kwargs!r}: the exported transformer graph has no attention "
+                             "processors or LoRA scale to pass them to; fuse LoRA weights before exporting")
+        height, width, num_frames, max_sequence_length = self.exported_defaults(
+            height=height, width=width, num_frames=num_frames, max_sequence_length=max_sequence_length)
+
+        # 1. check inputs
+        self.check_inputs(prompt, height, width, callback_on_step_end_tensor_inputs, prompt_embeds,
+                          negative_prompt_embeds, prompt_attention_mask, negative_prompt_attention_mask)
+        self.check_frames(num_frames)
+        self.check_shapes(max_sequence_length=max_sequence_length)
+        self.check_number("num_videos_per_prompt", num_videos_per_prompt, minimum=1, integer=True)
+        self.check_number("num_inference_steps", num_inference_steps, minimum=1, integer=True)
+        self.check_number("guidance_scale", guidance_scale)
+        if output_type != "latent" and output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type={output_type!r}; choose one of {', '.join(OUTPUT_TYPES)} or 'latent'")
+        rng = self.make_generator(generator, seed)
+        do_cfg = guidance_scale > 1.0
+
+        # 2. call parameters
+        if prompt is not None and isinstance(prompt, str):
+            batch_size = 1
+        elif prompt is not None:
+            batch_size = len(prompt)
+        else:
+            batch_size = np.shape(prompt_embeds)[0]
+        videos = batch_size * int(num_videos_per_prompt)
+        self.check_shapes(batch=videos)
+        if prompt is None and num_videos_per_prompt != 1:
+            raise ValueError("num_videos_per_prompt > 1 with prompt_embeds: diffusers does not repeat given "
+                             "embeddings (its CFG batch would not match the latents); repeat them yourself")
+
+        # 3. text embeddings (masks are bool)
+        prompt_embeds, prompt_attention_mask = self._given_embeds(
+            prompt_embeds, prompt_attention_mask, "prompt_embeds", videos, max_sequence_length)
+        negative_prompt_embeds, negative_prompt_attention_mask = self._given_embeds(
+            negative_prompt_embeds, negative_prompt_attention_mask, "negative_prompt_embeds", videos,
+            max_sequence_length)
+        prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask = \
+            self.encode_prompt(prompt, negative_prompt, do_cfg, int(num_videos_per_prompt), prompt_embeds,
+                               negative_prompt_embeds, prompt_attention_mask, negative_prompt_attention_mask,
+                               max_sequence_length)
+
+        # 4. latents: float32 noise [B, C, F, h, w]
+        shape = (videos,) + tuple(m["latent_shape"])
+        if latents is None:
+            latents = rng.standard_normal(shape, dtype=F32)
+        else:
+            latents = self.check_latents(latents, shape)
+        if do_cfg:
+            prompt_embeds = np.concatenate([negative_prompt_embeds, prompt_embeds])
+            prompt_attention_mask = np.concatenate([negative_prompt_attention_mask, prompt_attention_mask])
+
+        # 5. timesteps: the linear-quadratic sigmas (diffusers passes them, so timesteps= cannot be used)
+        if timesteps is not None:
+            raise ValueError("Only one of `timesteps` or `sigmas` can be passed. Please choose one to set custom values "
+                             "(MochiPipeline always passes its linear-quadratic sigmas, so diffusers refuses "
+                             "`timesteps` too)")
+        sigmas = linear_quadratic_schedule(int(num_inference_steps), THRESHOLD_NOISE)
+        sched = self._scheduler(scheduler)
+        plan = sched.set_timesteps(sigmas=sigmas)
+
+        # 6. denoise: the step graph always takes the CFG batch of 2B
+        state = {"prompt_embeds": prompt_embeds}
+
+        def predict(model_in, t, i):
+            embeds = state["prompt_embeds"]
+            if do_cfg:
+                text, mask, g = embeds, prompt_attention_mask, guidance_scale
+            else:
+                text = np.concatenate([embeds, embeds])
+                mask = np.concatenate([prompt_attention_mask, prompt_attention_mask])
+                g = 1.0
+            return self.graphs["transformer"](sample=model_in, encoder_hidden_states=text,
+                                              encoder_attention_mask=mask.astype(F32),
+                                              timestep=np.array([t], F32), guidance_scale=np.array([g], F32))[0]
+
+        def on_step(i, t, x):
+            if callback_on_step_end is None:
+                return x
+            available = {"latents": x, "prompt_embeds": state["prompt_embeds"],
+                         "negative_prompt_embeds": negative_prompt_embeds}
+            tensors = {k: available[k] for k in callback_on_step_end_tensor_inputs}
+            out = dict(self.step_callback(callback_on_step_end, i, t, tensors))
+            state["prompt_embeds"] = np.asarray(out.pop("prompt_embeds", state["prompt_embeds"]), F32)
+            return self.check_latents(out.pop("latents", x), x.shape)
+
+        latents = self.denoise(sched, plan, latents, predict, generator=rng, on_step=on_step)
+
+        # 7. decode
+        if output_type == "latent":
+            video = latents
+        else:
+            video = postprocess_video(self.decode_latents(latents), output_type)
+        return VideoOutput(frames=video) if return_dict else (video,)
+
+
+FAMILY = FamilySpec(
+    name="mochi",
+    pipelines={"MochiPipeline": MochiPipeline},
+    aliases={"text2video": "MochiPipeline", "t2v": "MochiPipeline"},
+    export="mochi",
+    components=("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+)
