@@ -83,21 +83,54 @@ _ST_DTYPES = {
 }
 
 
+def _safetensors_header(path: Path) -> tuple[int, dict]:
+    """(header length, header) of a .safetensors file, checked against the file's size before
+    anything is read: a damaged file gives a LoadError naming it, not a MemoryError."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if size < 8:
+            raise LoadError(f"{path}: not a safetensors file ({size} bytes; the format starts with an 8-byte "
+                            "header length). The download or copy is probably incomplete.")
+        (header_len,) = struct.unpack("<Q", fh.read(8))
+        if header_len > size - 8:
+            raise LoadError(f"{path}: damaged or not a safetensors file: its header claims {header_len} bytes "
+                            f"but the file has {size - 8} after the length field. The download or copy is "
+                            "probably incomplete.")
+        try:
+            header = json.loads(fh.read(header_len))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise LoadError(f"{path}: damaged or not a safetensors file: its header is no JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise LoadError(f"{path}: damaged or not a safetensors file: its header is no JSON object")
+    header.pop("__metadata__", None)
+    end = 0
+    for key, info in header.items():
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+                and "dtype" in info):
+            raise LoadError(f"{path}: damaged safetensors header: entry {key!r} has no dtype or data_offsets")
+        end = max(end, offsets[1])
+    if 8 + header_len + end > size:
+        raise LoadError(f"{path}: truncated safetensors file: its tensors need {8 + header_len + end} bytes, "
+                        f"the file has {size}. The download or copy is probably incomplete.")
+    return header_len, header
+
+
 def _read_safetensors_file(path: Path) -> dict:
     """All tensors of one .safetensors file as numpy arrays. bf16 (which numpy lacks) is widened
     exactly to float32; everything else goes through the safetensors library."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with open(path, "rb") as fh:
-        (header_len,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(header_len))
-    header.pop("__metadata__", None)
+    header_len, header = _safetensors_header(path)
     bf16 = {k for k, v in header.items() if v["dtype"] == "BF16"}
     out = {}
-    with safe_open(str(path), framework="numpy") as f:
-        for key in f.keys():
-            if key not in bf16:
-                out[key] = f.get_tensor(key)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            for key in f.keys():
+                if key not in bf16:
+                    out[key] = f.get_tensor(key)
+    except SafetensorError as err:
+        raise LoadError(f"{path}: damaged safetensors file: {err}") from None
     if bf16:
         raw = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
         for key in bf16:

@@ -98,7 +98,55 @@ def test_unsupported_config_value_is_an_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(LoadError, match="CrossAttnDownBlock2D.*not supported"):
         load_config(tmp_path)
-    config["_class_name"] = "UNetMotionModel"
+    config["_class_name"] = "UNetNoSuchModel"  # (UNetMotionModel is supported since AnimateDiff)
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(LoadError, match="'UNetMotionModel' is not supported; supported: .*UNetSpatioTemporal"):
+    with pytest.raises(LoadError, match="'UNetNoSuchModel' is not supported; supported: .*UNetSpatioTemporal"):
         load_config(tmp_path)
+
+
+# ----------------------------------------------------------------------------- damaged files (issue 16.4)
+def _small_safetensors(folder):
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "diffusion_pytorch_model.safetensors"
+    save_file({"a.weight": np.arange(64, dtype=np.float32).reshape(8, 8), "b.bias": np.ones(8, np.float32)}, str(path))
+    return path
+
+
+def test_truncated_file_names_the_file(tmp_path):
+    path = _small_safetensors(tmp_path / "unet")
+    assert set(read_weights(tmp_path / "unet")) == {"a.weight", "b.bias"}
+    data = path.read_bytes()
+    for cut in (len(data) - 10, len(data) // 2, 5):
+        path.write_bytes(data[:cut])
+        with pytest.raises(LoadError, match=r"unet/diffusion_pytorch_model\.safetensors: .*(truncated|incomplete)"):
+            read_weights(tmp_path / "unet")
+
+
+def test_header_length_beyond_the_file_is_refused_before_reading(tmp_path):
+    """A header length of 2**62 was read as asked: MemoryError."""
+    import struct
+
+    path = _small_safetensors(tmp_path / "vae")
+    path.write_bytes(struct.pack("<Q", 2**62) + b'{"a": 1}')
+    with pytest.raises(LoadError, match=r"vae/diffusion_pytorch_model\.safetensors: .*header claims 4611686018427387904"):
+        read_weights(tmp_path / "vae")
+    path.write_bytes(struct.pack("<Q", 8) + b"not json")
+    with pytest.raises(LoadError, match=r"diffusion_pytorch_model\.safetensors: .*header is no JSON"):
+        read_weights(tmp_path / "vae")
+
+
+def test_damaged_offsets_name_the_file(tmp_path):
+    """A header the safetensors library itself refuses (SafetensorError, a traceback before)."""
+    import struct
+
+    path = _small_safetensors(tmp_path / "te")
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    header["b.bias"]["data_offsets"] = [0, 32]  # overlaps a.weight
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + length:])
+    with pytest.raises(LoadError, match=r"te/diffusion_pytorch_model\.safetensors: damaged"):
+        read_weights(tmp_path / "te")
