@@ -13,6 +13,13 @@ Each function mirrors one diffusers code path:
 * ``postprocess_video``: ``VideoProcessor.postprocess_video``.
 
 No torch here: the runtime runs on numpy only.
+
+Every input image is refused above ``MAX_IMAGE_PIXELS`` (width * height; 4096 * 4096 by default,
+as serve-model's ``--max-image-pixels``). An image file is checked from its header, before any
+pixel is decoded. Raise the cap in code with ``video_aot.runtime.image.MAX_IMAGE_PIXELS = N``
+(``None`` turns it off), or for any process, generate-video included, with the environment
+variable ``VIDEO_AOT_MAX_IMAGE_PIXELS``. Pillow's own guard (``PIL.Image.MAX_IMAGE_PIXELS``, 89 Mpx,
+refusing at twice that) still applies above it.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ __all__ = [
     "OPENAI_CLIP_MEAN",
     "OPENAI_CLIP_STD",
     "OUTPUT_TYPES",
+    "MAX_IMAGE_PIXELS",
+    "ImageTooLarge",
+    "check_image_size",
     "open_image",
     "load_image",
     "resize_with_antialiasing",
@@ -48,6 +58,43 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 OUTPUT_TYPES = ("np", "pil", "uint8")
 
 ImageInput = Union[PIL.Image.Image, np.ndarray, str, os.PathLike]
+
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+def _max_pixels_from_env():
+    raw = os.environ.get("VIDEO_AOT_MAX_IMAGE_PIXELS")
+    if raw is None or raw.strip() == "":
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if raw.strip().lower() in ("none", "0", "off"):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"VIDEO_AOT_MAX_IMAGE_PIXELS={raw!r} is not a whole number of pixels "
+                         "(or 'none' for no cap)") from None
+    if value < 0:
+        raise ValueError(f"VIDEO_AOT_MAX_IMAGE_PIXELS={raw!r} must be positive (or 'none' for no cap)")
+    return value
+
+
+# width * height above which an input image is refused; None: no cap. See the module docstring.
+MAX_IMAGE_PIXELS = _max_pixels_from_env()
+
+
+class ImageTooLarge(ValueError):
+    """An input image above MAX_IMAGE_PIXELS (or above Pillow's decompression-bomb guard)."""
+
+
+def check_image_size(width: int, height: int, what: str = "image") -> None:
+    """Refuse an image of more than MAX_IMAGE_PIXELS pixels, saying how to raise the cap."""
+    cap = MAX_IMAGE_PIXELS
+    if cap is not None and width * height > cap:
+        raise ImageTooLarge(
+            f"{what} is {width}x{height} = {width * height} pixels, above the limit of {cap} "
+            f"(video_aot.runtime.image.MAX_IMAGE_PIXELS). The pipeline resizes it to the exported size anyway: "
+            f"downscale it first, or raise the limit with video_aot.runtime.image.MAX_IMAGE_PIXELS = N or the "
+            f"environment variable VIDEO_AOT_MAX_IMAGE_PIXELS=N.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -80,16 +127,22 @@ def open_image(image: ImageInput) -> PIL.Image.Image:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"No such image file: {path!r}")
         try:
-            with PIL.Image.open(path) as opened:
+            with PIL.Image.open(path) as opened:  # reads the header only
+                check_image_size(*opened.size, what=f"image file {path!r}")
                 pil = PIL.ImageOps.exif_transpose(opened)
                 pil = pil.convert("RGB")
         except PIL.UnidentifiedImageError as err:
             raise ValueError(f"Could not read {path!r} as an image: {err}") from None
+        except PIL.Image.DecompressionBombError as err:
+            raise ImageTooLarge(f"image file {path!r} is too large for Pillow to open: {err} "
+                                "(PIL.Image.MAX_IMAGE_PIXELS sets Pillow's own limit)") from None
         return pil
     if isinstance(image, PIL.Image.Image):
+        check_image_size(*image.size)
         return image if image.mode == "RGB" else image.convert("RGB")
     if isinstance(image, np.ndarray):
         _check_hwc3(image)
+        check_image_size(image.shape[1], image.shape[0], what="image array")
         if image.dtype != np.uint8:
             raise ValueError(f"Only uint8 arrays can be turned into a PIL image, got dtype {image.dtype}. "
                              "Float images in [0, 1] are accepted by load_image / vae_image_inputs directly.")
@@ -106,6 +159,7 @@ def load_image(image: ImageInput) -> np.ndarray:
     """
     if isinstance(image, np.ndarray) and np.issubdtype(image.dtype, np.floating):
         _check_hwc3(image)
+        check_image_size(image.shape[1], image.shape[0], what="image array")
         if not np.all(np.isfinite(image)):
             raise ValueError("Image contains NaN or inf values.")
         lo, hi = float(image.min()), float(image.max())

@@ -238,3 +238,69 @@ def test_postprocess_video_errors_teach():
         I.postprocess_video(frames[0], "np")
     with pytest.raises(ValueError, match="NaN"):
         I.postprocess_video(np.full((1, 3, 1, 2, 2), np.nan, np.float32), "np")
+
+
+# ----------------------------------------------------------------------------------------------
+# The pixel cap (issue 16.4 and 16.5)
+# ----------------------------------------------------------------------------------------------
+
+
+def _write_blank_png(path, width, height):
+    """A valid 1-bit PNG of any size, streamed (a 9400x9400 one is ~11 KB and costs no memory)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte 0, then the packed bits
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def test_pixel_cap_refuses_a_large_file_from_its_header(tmp_path):
+    """A 9400x9400 PNG of ~11 KB (88 Mpx: 171 s and 7.8 GB in generate-video before) is refused
+    before a pixel is decoded; the message names the file and how to raise the cap."""
+    import time
+
+    path = _write_blank_png(tmp_path / "huge.png", 9400, 9400)
+    assert path.stat().st_size < 20_000
+    start = time.perf_counter()
+    for call in (I.open_image, I.load_image, lambda p: I.vae_image_inputs(p, 64, 64),
+                 lambda p: I.clip_image_inputs(p, SVD_FEATURE_EXTRACTOR)):
+        with pytest.raises(ValueError, match=r"huge\.png.*9400x9400 = 88360000 pixels.*MAX_IMAGE_PIXELS"):
+            call(str(path))
+    assert time.perf_counter() - start < 1.0
+
+
+def test_pixel_cap_can_be_raised(tmp_path, monkeypatch):
+    assert I.MAX_IMAGE_PIXELS == 4096 * 4096  # the server's --max-image-pixels default
+    path = _write_blank_png(tmp_path / "small.png", 20, 10)
+    monkeypatch.setattr(I, "MAX_IMAGE_PIXELS", 199)
+    for image in (str(path), PIL.Image.new("RGB", (20, 10)), np.zeros((10, 20, 3), np.uint8),
+                  np.zeros((10, 20, 3), np.float32)):
+        with pytest.raises(I.ImageTooLarge, match="20x10 = 200 pixels, above the limit of 199"):
+            I.load_image(image)
+    monkeypatch.setattr(I, "MAX_IMAGE_PIXELS", 200)
+    assert I.load_image(str(path)).shape == (10, 20, 3)
+    monkeypatch.setattr(I, "MAX_IMAGE_PIXELS", None)  # no cap
+    assert I.load_image(np.zeros((10, 20, 3), np.uint8)).shape == (10, 20, 3)
+    # the environment variable sets the default of a process (generate-video has no flag for it)
+    for raw, value in (("50000000", 50_000_000), ("none", None), ("", 4096 * 4096)):
+        monkeypatch.setenv("VIDEO_AOT_MAX_IMAGE_PIXELS", raw)
+        assert I._max_pixels_from_env() == value
+    monkeypatch.setenv("VIDEO_AOT_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(ValueError, match="VIDEO_AOT_MAX_IMAGE_PIXELS='lots'"):
+        I._max_pixels_from_env()
+
+
+def test_decompression_bomb_is_a_clear_error(tmp_path, monkeypatch):
+    """Past Pillow's own guard (DecompressionBombError, a traceback before) the error names the file."""
+    path = _write_blank_png(tmp_path / "bomb.png", 40, 40)
+    monkeypatch.setattr(I, "MAX_IMAGE_PIXELS", None, raising=False)
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 100)  # refuses above 2 * 100 pixels
+    with pytest.raises(ValueError, match=r"bomb\.png.*too large"):
+        I.load_image(str(path))
