@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
+import secrets
 import warnings
 from pathlib import Path
 from typing import Tuple, Union
@@ -78,6 +78,21 @@ def _pad_to_even(frames: np.ndarray, path: Path) -> np.ndarray:
     return np.ascontiguousarray(np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge"))
 
 
+def _create_temporary(folder: Path, stem: str, ext: str) -> str:
+    """An empty ``.STEM.XXXXXXXX.EXT`` in ``folder``, created with mode 0o666 so that the umask gives
+    the written video the permissions of any other file the user writes (``tempfile.mkstemp``
+    would make it 0600 whatever the umask)."""
+    for _ in range(100):
+        name = os.path.join(folder, f".{stem}.{secrets.token_hex(4)}{ext}")
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return name
+    raise FileExistsError(f"could not create a temporary file in {str(folder)!r}")
+
+
 def write_video(path: PathLike, frames: np.ndarray, fps: float, *, crf: int = 18) -> Path:
     """Write frames (F, H, W, 3), uint8 or float in [0, 1], to ``path`` (.mp4 or .gif).
 
@@ -108,8 +123,7 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float, *, crf: int = 18
         output_params = ["-filter_complex", "split[a][b];[a]palettegen=stats_mode=full[p];[b][p]paletteuse",
                          "-loop", "0"]
 
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.stem}.", suffix=ext)
-    os.close(fd)
+    tmp_name = _create_temporary(folder, path.stem, ext)
     try:
         writer = _imageio_ffmpeg().write_frames(
             tmp_name, (width, height), fps=float(fps), codec=codec, pix_fmt_in="rgb24", pix_fmt_out=pix_fmt_out,

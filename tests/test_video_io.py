@@ -106,3 +106,15 @@ def test_bad_inputs_teach(tmp_path):
     garbage.write_bytes(b"this is not a video" * 10)
     with pytest.raises(ValueError, match="Could not decode"):
         read_video(garbage)
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_video_follows_the_umask(tmp_path, umask, mode):
+    """A written video has the mode of any file the user writes (it was 0600 whatever the umask)."""
+    old = os.umask(umask)
+    try:
+        path = write_video(tmp_path / "clip.mp4", smooth_frames(num_frames=2, height=16, width=16), fps=4)
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]  # no temporary file left behind
