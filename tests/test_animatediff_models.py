@@ -21,6 +21,7 @@ from video_aot.models.unet2d import cross_frame_video_length
 
 TOL = 1e-4
 T = np.array([321.0], np.float32)
+T_MOTION = np.array([400.0], np.float32)
 
 
 def _run(cell, *arrays):
@@ -48,43 +49,35 @@ def test_unet2d_matches_diffusers(tmp_path):
     _compare("unet2d", _run(cell, sample, T, context), ref)
 
 
-def test_unet2d_linear_projection_head_list_odd_size_matches_diffusers(tmp_path):
-    # use_linear_projection, attention_head_dim per block, one transformer layer per level more,
-    # layers_per_block 1, non-default time embedding fields, a 6x5 latent (forwards the upsample size)
+def test_unet2d_cross_frame_attention_linear_projection_matches_text2video_zero(tmp_path):
+    """Text2Video-Zero's UNet: diffusers' CrossFrameAttnProcessor(batch_size=2) on every attention
+    processor, a batch of 2 x F frames. The config also covers use_linear_projection, a per-block
+    attention_head_dim, two transformer layers in a level, non-default time-embedding fields and a
+    6x5 latent (forwards the upsample size); one compile serves both."""
+    from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
+        CrossFrameAttnProcessor,
+    )
+
     model = unet2d(1, use_linear_projection=True, attention_head_dim=(2, 4), layers_per_block=1,
                    transformer_layers_per_block=(1, 2), flip_sin_to_cos=False, freq_shift=1, upcast_attention=True,
                    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
     model.save_pretrained(tmp_path)
-    rng = np.random.default_rng(1)
-    sample = rng.standard_normal((1, 4, 6, 5)).astype(np.float32)
-    context = rng.standard_normal((1, 5, 32)).astype(np.float32)
-    with torch.no_grad():
-        ref = model(torch.from_numpy(sample), torch.tensor(77), torch.from_numpy(context)).sample.numpy()
-    cell, config = load_network(tmp_path)
-    assert config.use_linear_projection and config.heads() == (2, 4)
-    _compare("unet2d linear projection", _run(cell, sample, np.array([77.0], np.float32), context), ref)
-
-
-def test_unet2d_cross_frame_attention_matches_text2video_zero(tmp_path):
-    from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
-        CrossFrameAttnProcessor,
-    )
-
-    model = unet2d(2, layers_per_block=1)
-    model.save_pretrained(tmp_path)
-    model.set_attn_processor(CrossFrameAttnProcessor(batch_size=2))  # as TextToVideoZeroPipeline does
     f = 3
     n = 2 * f  # [uncond frames, cond frames] under classifier-free guidance
     rng = np.random.default_rng(2)
-    sample = rng.standard_normal((n, 4, 8, 8)).astype(np.float32)
-    context = rng.standard_normal((n, 7, 32)).astype(np.float32)
+    sample = rng.standard_normal((n, 4, 6, 5)).astype(np.float32)
+    context = rng.standard_normal((n, 5, 32)).astype(np.float32)
     with torch.no_grad():
+        plain = model(torch.from_numpy(sample), torch.tensor(500), torch.from_numpy(context)).sample.numpy()
+        model.set_attn_processor(CrossFrameAttnProcessor(batch_size=2))  # as TextToVideoZeroPipeline does
         ref = model(torch.from_numpy(sample), torch.tensor(500), torch.from_numpy(context)).sample.numpy()
+    assert rel_l2(plain, ref) > 1e-2  # cross-frame attention changes the output: the comparison can fail
     assert cross_frame_video_length(n) == f
-    cell, _ = load_network(tmp_path, cross_frame_attention_frames=cross_frame_video_length(n))
+    cell, config = load_network(tmp_path, cross_frame_attention_frames=cross_frame_video_length(n))
+    assert config.use_linear_projection and config.heads() == (2, 4)
     out = _run(cell, sample, np.array([500.0], np.float32), context)
-    _compare("unet2d cross-frame attention", out, ref)
+    _compare("unet2d cross-frame attention, linear projection", out, ref)
 
 
 def test_unet2d_config_errors_teach(tmp_path):
@@ -122,26 +115,40 @@ def _motion_reference(unet, adapter, sample, context):
     return model, ref
 
 
-@pytest.mark.parametrize("use_motion_mid_block", [True, False])
-def test_unet_motion_from_unet_and_adapter_matches_diffusers(tmp_path, motion_inputs, use_motion_mid_block):
+def test_unet_motion_saved_folder_matches_diffusers(tmp_path, motion_inputs):
+    # layout (a) with a mid-block motion module (v1-5-2 style); layout (b) of the same pair builds the
+    # same config and loads exactly the same weights, so it needs no second compile
     sample, context, f = motion_inputs
-    unet = animatediff_unet(4)
-    adapter = motion_adapter(5, use_motion_mid_block=use_motion_mid_block)
+    unet = animatediff_unet(4, layers_per_block=1)
+    adapter = motion_adapter(5, use_motion_mid_block=True, motion_layers_per_block=1)
+    unet.save_pretrained(tmp_path / "unet")
+    adapter.save_pretrained(tmp_path / "motion_adapter")
+    model, ref = _motion_reference(unet, adapter, sample, context)
+    model.save_pretrained(tmp_path / "unet_motion")
+    cell, config = load_network(tmp_path / "unet_motion", num_frames=f)
+    assert isinstance(cell, UNetMotionModel) and cell.mid_block.motion_modules is not None
+    _compare("UNetMotionModel (saved folder, mid-block motion)", _run(cell, sample, T_MOTION, context), ref)
+    cell_b, config_b = load_unet_motion(tmp_path / "unet", tmp_path / "motion_adapter", num_frames=f)
+    assert config_b == config
+    params = dict(cell.parameters_and_names())
+    params_b = dict(cell_b.parameters_and_names())
+    assert sorted(params) == sorted(params_b)
+    for name, param in params.items():
+        np.testing.assert_array_equal(param.asnumpy(), params_b[name].asnumpy(), err_msg=name)
+
+
+def test_unet_motion_from_unet_and_adapter_matches_diffusers(tmp_path, motion_inputs):
+    # layout (b) without a mid-block motion module (v1-5-3 style), one layer per block
+    sample, context, f = motion_inputs
+    unet = animatediff_unet(6, layers_per_block=1)
+    adapter = motion_adapter(7, use_motion_mid_block=False, motion_layers_per_block=1)
     unet.save_pretrained(tmp_path / "unet")
     adapter.save_pretrained(tmp_path / "motion_adapter")
     model, ref = _motion_reference(unet, adapter, sample, context)
     cell, config = load_unet_motion(tmp_path / "unet", tmp_path / "motion_adapter", num_frames=f)
-    assert config.use_motion_mid_block is use_motion_mid_block
-    assert (cell.mid_block.motion_modules is not None) is use_motion_mid_block
+    assert config.use_motion_mid_block is False and cell.mid_block.motion_modules is None
     assert config.num_attention_heads == model.config.num_attention_heads
-    _compare(f"UNetMotionModel (unet + adapter, mid motion {use_motion_mid_block})",
-             _run(cell, sample, np.array([400.0], np.float32), context), ref)
-    if use_motion_mid_block:
-        # layout (a): the combined UNetMotionModel saved by diffusers loads through load_network
-        model.save_pretrained(tmp_path / "unet_motion")
-        cell_a, config_a = load_network(tmp_path / "unet_motion", num_frames=f)
-        assert config_a == config
-        _compare("UNetMotionModel (saved folder)", _run(cell_a, sample, np.array([400.0], np.float32), context), ref)
+    _compare("UNetMotionModel (unet + adapter, no mid-block motion)", _run(cell, sample, T_MOTION, context), ref)
 
 
 def test_unet_motion_refuses_more_frames_than_max_seq_length(tmp_path):
