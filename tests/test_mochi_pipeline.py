@@ -202,3 +202,20 @@ def test_the_compared_switches_change_the_video(ours):
     unguided = ours(guidance_scale=1.0, **kwargs).frames
     assert np.abs(zeroed - tokenized).max() > 1e-2
     assert np.abs(zeroed - unguided).max() > 1e-2
+
+
+def test_batch_of_two_matches_diffusers(reference, tmp_path):
+    """A batch-2 export: two prompts (diffusers zeroes the whole batch when the LAST prompt is "" under
+    force_zeros_for_empty_prompt), and one prompt with num_videos_per_prompt=2."""
+    pipe, folder = reference
+    out = export_model(str(folder), str(tmp_path / "e"), frames=FRAMES, height=HEIGHT, width=WIDTH, batch=2,
+                       max_sequence_length=MAX_LENGTH, log=lambda *a: None)
+    ours = load_pipeline(out, backend="mindspore")
+    latents = np.random.default_rng(5).standard_normal((2, 12, 3, HEIGHT // 8, WIDTH // 8)).astype(np.float32)
+    for case in (dict(prompt=[PROMPT, "red car city"], negative_prompt=["dog", ""]),
+                 dict(prompt="a dog at night", negative_prompt="blue sky", num_videos_per_prompt=2)):
+        expected = np.asarray(pipe(latents=torch.tensor(latents), **COMMON, **case).frames)
+        got = ours(latents=latents, **COMMON, **case).frames
+        err = float(np.abs(got - expected).max())
+        print("mochi batch 2", case, err)
+        assert got.shape == expected.shape == (2, FRAMES, HEIGHT, WIDTH, 3) and err <= 1e-3, err
