@@ -340,8 +340,9 @@ register("AutoencoderKLHunyuanVideo", AutoencoderKLHunyuanVideoConfig, build_vae
 
 # ============================================================================= tiling (numpy, runtime side)
 def blend_v(a: np.ndarray, b: np.ndarray, blend_extent: int) -> np.ndarray:
-    """diffusers ``blend_v``: the first rows of b fade in from the last rows of a (above); a new array."""
-    b = np.array(b, copy=True)
+    """diffusers ``blend_v``: the first rows of b fade in from the last rows of a (above). Like
+    diffusers, b is modified in place and returned: the tiling loops rely on it (a tile blended
+    with its upper and left neighbours is what the tiles below and to the right blend with)."""
     extent = min(a.shape[-2], b.shape[-2], blend_extent)
     for y in range(extent):
         b[:, :, :, y, :] = a[:, :, :, -extent + y, :] * (1 - y / extent) + b[:, :, :, y, :] * (y / extent)
@@ -349,8 +350,7 @@ def blend_v(a: np.ndarray, b: np.ndarray, blend_extent: int) -> np.ndarray:
 
 
 def blend_h(a: np.ndarray, b: np.ndarray, blend_extent: int) -> np.ndarray:
-    """diffusers ``blend_h``: the first columns of b fade in from the last columns of a (left)."""
-    b = np.array(b, copy=True)
+    """diffusers ``blend_h``: the first columns of b fade in from the last columns of a (left); in place."""
     extent = min(a.shape[-1], b.shape[-1], blend_extent)
     for x in range(extent):
         b[:, :, :, :, x] = a[:, :, :, :, -extent + x] * (1 - x / extent) + b[:, :, :, :, x] * (x / extent)
@@ -358,8 +358,7 @@ def blend_h(a: np.ndarray, b: np.ndarray, blend_extent: int) -> np.ndarray:
 
 
 def blend_t(a: np.ndarray, b: np.ndarray, blend_extent: int) -> np.ndarray:
-    """diffusers ``blend_t``: the first frames of b fade in from the last frames of a (earlier tile)."""
-    b = np.array(b, copy=True)
+    """diffusers ``blend_t``: the first frames of b fade in from the last frames of a (earlier tile); in place."""
     extent = min(a.shape[-3], b.shape[-3], blend_extent)
     for x in range(extent):
         b[:, :, x, :, :] = a[:, :, -extent + x, :, :] * (1 - x / extent) + b[:, :, x, :, :] * (x / extent)
@@ -388,7 +387,8 @@ def spatial_tiled_decode(decode: Callable, z: np.ndarray, config: AutoencoderKLH
     stride_h, stride_w = tiling.tile_sample_stride_height // s, tiling.tile_sample_stride_width // s
     blend_height = tiling.tile_sample_min_height - tiling.tile_sample_stride_height
     blend_width = tiling.tile_sample_min_width - tiling.tile_sample_stride_width
-    rows = [[decode(z[:, :, :, i:i + min_h, j:j + min_w]) for j in range(0, width, stride_w)]
+    # writable float32 copies: the blends modify them in place
+    rows = [[np.array(decode(z[:, :, :, i:i + min_h, j:j + min_w]), np.float32) for j in range(0, width, stride_w)]
             for i in range(0, height, stride_h)]
     out_rows = []
     for i, row in enumerate(rows):
@@ -425,7 +425,7 @@ def temporal_tiled_decode(decode: Callable, z: np.ndarray, config: AutoencoderKL
     blend_frames = tiling.tile_sample_min_num_frames - tiling.tile_sample_stride_num_frames
     row = []
     for i in range(0, frames, stride_frames):
-        decoded = one(z[:, :, i:i + min_frames + 1])
+        decoded = np.array(one(z[:, :, i:i + min_frames + 1]), np.float32)  # writable: blended in place
         row.append(decoded[:, :, 1:] if i > 0 else decoded)
     out = []
     for i, tile in enumerate(row):

@@ -128,9 +128,11 @@ def rope_inv_freq(config: LlamaConfig) -> np.ndarray:
         low, high = rope["low_freq_factor"], rope["high_freq_factor"]
         old_context = rope["original_max_position_embeddings"]
         low_wavelen, high_wavelen = old_context / low, old_context / high
-        wavelen = (2 * math.pi / inv_freq).astype(np.float32)
+        # torch evaluates ``scalar / tensor`` as ``tensor.reciprocal() * scalar``; so does this
+        wavelen = ((np.float32(1.0) / inv_freq) * np.float32(2 * math.pi)).astype(np.float32)
         scaled = np.where(wavelen > low_wavelen, inv_freq / np.float32(factor), inv_freq).astype(np.float32)
-        smooth = ((old_context / wavelen - low) / (high - low)).astype(np.float32)
+        ratio = ((np.float32(1.0) / wavelen) * np.float32(old_context)).astype(np.float32)
+        smooth = ((ratio - np.float32(low)) / np.float32(high - low)).astype(np.float32)
         smoothed = ((1 - smooth) * scaled / np.float32(factor) + smooth * scaled).astype(np.float32)
         medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
         inv_freq = np.where(medium, smoothed, scaled).astype(np.float32)
