@@ -129,7 +129,8 @@ class MochiPipeline(ExportedPipeline):
                                  "(and the negative ones)")
             folder = self.export.root / info["folder"]
             if not folder.is_dir():
-                raise ExportInvalid(f"{self.export.root}: the tokenizer folder {info['folder']!r} is missing; re-export")
+                raise ExportInvalid(f"{self.export.root}: the tokenizer folder {info['folder']!r} is missing; "
+                                    "re-export")
             from transformers import T5TokenizerFast
 
             self._tokenizer = T5TokenizerFast.from_pretrained(str(folder))
@@ -240,7 +241,10 @@ class MochiPipeline(ExportedPipeline):
         self.check_frames(num_frames)
         self.check_shapes(max_sequence_length=max_sequence_length)
         self.check_number("num_videos_per_prompt", num_videos_per_prompt, minimum=1, integer=True)
-        self.check_number("num_inference_steps", num_inference_steps, minimum=1, integer=True)
+        self.check_number("num_inference_steps", num_inference_steps, integer=True)
+        if num_inference_steps < 2:
+            raise ValueError(f"num_inference_steps={num_inference_steps}: MochiPipeline's linear-quadratic sigma "
+                             "schedule needs at least 2 steps (diffusers divides by zero with 1)")
         self.check_number("guidance_scale", guidance_scale)
         if output_type != "latent" and output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r}; choose one of {', '.join(OUTPUT_TYPES)} or 'latent'")
@@ -283,9 +287,9 @@ class MochiPipeline(ExportedPipeline):
 
         # 5. timesteps: the linear-quadratic sigmas (diffusers passes them, so timesteps= cannot be used)
         if timesteps is not None:
-            raise ValueError("Only one of `timesteps` or `sigmas` can be passed. Please choose one to set custom values "
-                             "(MochiPipeline always passes its linear-quadratic sigmas, so diffusers refuses "
-                             "`timesteps` too)")
+            raise ValueError("Only one of `timesteps` or `sigmas` can be passed. Please choose one to set custom "
+                             "values (MochiPipeline always passes its linear-quadratic sigmas, so diffusers "
+                             "refuses `timesteps` too)")
         sigmas = linear_quadratic_schedule(int(num_inference_steps), THRESHOLD_NOISE)
         sched = self._scheduler(scheduler)
         plan = sched.set_timesteps(sigmas=sigmas)

@@ -157,6 +157,8 @@ def test_other_shapes_are_refused_listing_the_exported_ones(ours):
         ours(latents=np.zeros((1, 12, 2, 2, 4), np.float32), **kwargs)
     with pytest.raises(ValueError, match="Only one of `timesteps` or `sigmas`"):
         ours(timesteps=[900, 500], **kwargs)
+    with pytest.raises(ValueError, match="at least 2 steps"):
+        ours(**{**kwargs, "num_inference_steps": 1})
     with pytest.raises(ValueError, match="attention_kwargs"):
         ours(attention_kwargs={"scale": 0.5}, **kwargs)
     with pytest.raises(ValueError, match="does not support custom sigmas"):
@@ -177,7 +179,8 @@ def test_validate_request_and_generate_video(exported, ours, tmp_path):
     request = ours.validate_request(ours.example_request())
     assert request["num_inference_steps"] == 2
     schema = ours.request_schema()
-    assert schema["num_frames"]["enum"] == [FRAMES] and schema["max_sequence_length"]["enum"] == [MAX_LENGTH] and schema["scheduler"]["enum"] == ["flow_euler"]
+    assert schema["num_frames"]["enum"] == [FRAMES] and schema["max_sequence_length"]["enum"] == [MAX_LENGTH]
+    assert schema["scheduler"]["enum"] == ["flow_euler"]
     with pytest.raises(RequestInvalid, match="num_inference_steps"):
         ours.validate_request({**ours.example_request(), "num_inference_steps": 1})
     with pytest.raises(RequestInvalid, match="height"):
