@@ -118,7 +118,9 @@ def run_benchmark(args, log=print) -> dict:
                              "and torch processes alternate and each ratio is the median of the per-round ratios"}
     record = report.build_record(settings_tier, model, manifest, settings, results, export_info)
     if not args.export_dir:
-        from video_aot.export.tiny import TINY
+        from video_aot.export.tiny import tiny_models
+
+        TINY = tiny_models()
 
         note = TINY.get(settings_tier.snapshot.format(model=model), {}).get("note")
         if note:

@@ -51,7 +51,9 @@ TIERS = {
 
 def tier_shapes(tier: Tier, model: str) -> dict:
     """The tier's static shapes; ``full`` reads the preset's default shapes."""
-    from video_aot.export.tiny import TINY
+    from video_aot.export.tiny import tiny_models
+
+    TINY = tiny_models()
 
     shapes = dict(tier.shapes)
     if not shapes:

@@ -19,7 +19,6 @@ transformer sees, C = latent channels, h/w = latent size, H/W = pixels):
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,8 @@ from video_aot.models.cogvideox_vae import (
     downsampled_frames, encoder_cache_specs, frame_batches, upsampled_frames,
 )
 from video_aot.models.loading import LoadError, config_from_dict, load_network, read_json
+
+from video_aot.runtime.manifest import sha256_file
 
 from .graphs import GraphSpec, TensorSpec, relax_tolerance
 
@@ -191,10 +192,6 @@ def _batches_spec(num: int, size: int, per_batch) -> list:
     return [{"start": s, "end": e, "out": per_batch(e - s)} for s, e in frame_batches(num, size)]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 # ----------------------------------------------------------------------------- plan
 def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: int, batch: int = 1,
          dtype: str = "fp32", decode_chunk_size: int | None = None, variant: str | None = None,
@@ -270,7 +267,7 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
         for name in TOKENIZER_FILES:
             if (tok_dir / name).is_file():
                 assets[f"tokenizer/{name}"] = str(tok_dir / name)
-                files[name] = _sha256(tok_dir / name)
+                files[name] = sha256_file(tok_dir / name)
         tokenizer = {"folder": "tokenizer", "files": files}
 
     def component(name):
@@ -383,7 +380,8 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
         "latent_frames": (frames - 1) // temporal + 1,  # diffusers' (num_frames - 1) // 4 + 1
         "model_latent_frames": model_frames,  # what the transformer sees (patch_size_t padding included)
         "additional_frames": additional,  # leading latent frames dropped before decoding
-        "latent_shape": [model_frames, latent, h, w],
+        "latent_shape": [model_frames, latent, h, w],  # one sample's latents, axes named by latent_layout
+        "latent_layout": "FCHW",
         "output_frames": sum(b["out"] for b in dec_batches),
         "vae_scale_factor_spatial": scale,
         "vae_scale_factor_temporal": temporal,

@@ -7,19 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from mindspore import nn
 
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple
-    dtype: str = "float32"
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-
-    @classmethod
-    def from_json(cls, raw: dict) -> "TensorSpec":
-        return cls(raw["name"], tuple(raw["shape"]), raw["dtype"])
+from video_aot.runtime.manifest import TensorSpec  # noqa: F401  (the one definition, shared with the runtime)
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,9 @@ def resolve(model: str, weights: Optional[str] = None, random_weights: bool = Fa
         if random_weights:
             return Source(path.resolve(), None)
         return Source(path.resolve(), Path(weights).resolve() if weights else path.resolve())
-    from .tiny import TINY, write_tiny_snapshot
+    from .tiny import tiny_models, write_tiny_snapshot
+
+    TINY = tiny_models()
 
     if model in TINY:  # generated locally: configs and weights in one snapshot
         folder = write_tiny_snapshot(model)

@@ -138,7 +138,8 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
         "dtype": dtype,
         "shapes": {"batch": batch, "num_frames": frames, "height": height, "width": width,
                    "decode_chunk_size": chunk},
-        "latent_shape": [latent, h, w],
+        "latent_shape": [frames, latent, h, w],  # one sample's latents, axes named by latent_layout
+        "latent_layout": "FCHW",
         "vae_scale_factor": scale,
         "vae_scaling_factor": scaling,
         "scheduler": scheduler,

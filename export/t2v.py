@@ -24,13 +24,14 @@ the other one.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import mindspore as ms
 from mindspore import nn, ops
 
 from video_aot.models.loading import LoadError, load_network, read_json
+
+from video_aot.runtime.manifest import sha256_file
 
 from .graphs import GraphSpec, TensorSpec, VaeDecode, relax_tolerance
 
@@ -129,10 +130,6 @@ def find_tokenizer(*folders) -> Path | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 # ----------------------------------------------------------------------------- plan
 def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: int, batch: int = 1,
          dtype: str = "fp32", decode_chunk_size: int | None = None, variant: str | None = None,
@@ -186,7 +183,7 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
         for name in TOKENIZER_FILES:
             if (tok_dir / name).is_file():
                 assets[f"tokenizer/{name}"] = str(tok_dir / name)
-                files[name] = _sha256(tok_dir / name)
+                files[name] = sha256_file(tok_dir / name)
         tokenizer = {"folder": "tokenizer", "model_max_length": max_length, "files": files}
     if max_length > text_cfg.get("max_position_embeddings", 77):
         raise ValueError(f"tokenizer model_max_length {max_length} exceeds the text encoder's "
@@ -249,7 +246,8 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
         "dtype": dtype,
         "shapes": {"batch": batch, "num_frames": frames, "height": height, "width": width,
                    "decode_chunk_size": chunk},
-        "latent_shape": [latent, frames, h, w],
+        "latent_shape": [latent, frames, h, w],  # one sample's latents, axes named by latent_layout
+        "latent_layout": "CFHW",
         "vae_scale_factor": scale,
         "vae_scaling_factor": scaling,
         "scheduler": scheduler,

@@ -253,6 +253,19 @@ def _write_safetensors(path: Path, shapes: dict, tensors):
             fh.write(np.ascontiguousarray(value, dtype="<f4").tobytes())
 
 
+def tiny_models() -> dict:
+    """Every generated model: the entries above plus each registered family's own, which its export
+    module declares as ``TINY_MODELS`` (same format), so that a new family edits nothing here."""
+    import importlib
+
+    from video_aot.runtime.families import families
+
+    merged = dict(TINY)
+    for spec in families().values():
+        merged.update(getattr(importlib.import_module(f"video_aot.export.{spec.export}"), "TINY_MODELS", {}))
+    return merged
+
+
 def write_tiny_snapshot(name: str, folder: Path | None = None, seed: int = 0) -> Path:
     """Write the generated snapshot ``name`` (configs + safetensors) and return its folder.
     The same name and seed always give the same bytes."""
@@ -261,9 +274,10 @@ def write_tiny_snapshot(name: str, folder: Path | None = None, seed: int = 0) ->
     from video_aot.models.layers import checkpoint_shape, parameters_by_name
     from video_aot.models.loading import load_config
 
-    if name not in TINY:
-        raise ValueError(f"unknown generated model {name!r}; known: {sorted(TINY)}")
-    spec = TINY[name]
+    models = tiny_models()
+    if name not in models:
+        raise ValueError(f"unknown generated model {name!r}; known: {sorted(models)}")
+    spec = models[name]
     folder = Path(folder) if folder is not None else cache_home() / "snapshots" / f"{name}-seed{seed}"
     if (folder / "model_index.json").is_file():
         return folder

@@ -19,20 +19,11 @@ import numpy as np
 
 from .graphs import GraphSpec, rel_l2
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+from video_aot.runtime.manifest import FORMAT_VERSION, MANIFEST, Manifest, sha256_file
 
 
 class ExportError(RuntimeError):
     pass
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _graph_files(folder: Path, name: str) -> tuple[str, list[str]]:
@@ -188,6 +179,7 @@ def write_export(out_dir, graphs, manifest: dict, force: bool = False, validate:
             "numpy_version": np.__version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
+        Manifest(full, source=f"{out_dir} (being written)")  # the runtime's checks, before anything is moved
         tmp = work / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(full, indent=2, sort_keys=False))
         os.replace(tmp, work / MANIFEST)

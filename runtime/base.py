@@ -3,6 +3,7 @@ request against the static shapes, the per-stage timings, progress and step call
 from __future__ import annotations
 
 import contextlib
+import inspect
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -10,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .manifest import Export, ShapeMismatch
+from .manifest import BoundGraph, Export, ExportInvalid, ShapeMismatch, mindir_input_shapes
+from .vae import run_chunks
 
 
 @dataclass
@@ -33,9 +35,22 @@ class ExportedPipeline:
         self.graphs = {}
         for name in self.graph_names:
             if name in self.manifest["graphs"]:
-                self.graphs[name] = backend.load(export.graph_path(name))
+                self.load_graph(name)
         self.timings = defaultdict(list)  # stage -> seconds per call, for benchmarks and metrics
         self._progress_config = {}
+
+    def load_graph(self, name: str):
+        """Load graph ``name`` through the backend, bound to its manifest entry (named inputs, shapes
+        checked). The traced input shapes in the MindIR must be the ones the manifest declares."""
+        entry = self.manifest.graph_entries[name]
+        path = self.export.graph_path(name)
+        traced = mindir_input_shapes(path)
+        declared = [tuple(t.shape) for t in entry.inputs]
+        if traced is not None and traced != declared:
+            raise ExportInvalid(f"{self.export.root}: the manifest declares graph {name}'s inputs as {declared} but "
+                                f"{path.name} was traced with {traced}; the manifest was edited - re-export")
+        self.graphs[name] = BoundGraph(entry, self.backend.load(path))
+        return self.graphs[name]
 
     @classmethod
     def check_export(cls, export: Export):
@@ -112,6 +127,36 @@ class ExportedPipeline:
 
         return tqdm(iterable, **{"desc": "denoising", **self._progress_config})
 
+    def denoise(self, sched, plan, latents, predict, *, start: int = 0, generator=None, eta=None, on_step=None,
+                step_view=None):
+        """The one denoising loop, diffusers' ``for i, t in enumerate(timesteps)`` from plan index
+        ``start`` (img2img and video2video start later).
+
+        predict(model_in, t, i) -> the step graph's output, in the layout of ``latents``.
+        on_step(i, t, latents) -> latents: the pipeline's callback, adapted to its diffusers style.
+        step_view: (to_step, from_step), the layout the scheduler steps on when diffusers reshapes
+        before ``scheduler.step`` (the order of any noise the step draws depends on it).
+        generator / eta go to the scheduler's step when it takes them (diffusers' prepare_extra_step_kwargs)."""
+        params = set(inspect.signature(sched.step).parameters)
+        kwargs = {k: v for k, v in (("generator", generator), ("eta", eta)) if k in params and v is not None}
+        to_step, from_step = step_view or (None, None)
+        state = None  # multistep history: the scheduler returns it, the loop hands it back
+        for i in self.progress(range(start, len(plan.timesteps))):
+            t = plan.timesteps[i]
+            with self.timed("denoise_step"):
+                model_in = sched.scale_model_input(plan, i, latents)
+                with self.timed("unet"):
+                    model_output = predict(model_in, t, i)
+                if to_step is None:
+                    latents, state = sched.step(plan, i, latents, model_output, state, **kwargs)
+                else:
+                    stepped, state = sched.step(plan, i, to_step(latents), to_step(model_output), state, **kwargs)
+                    latents = from_step(stepped)
+                latents = latents.astype(np.float32, copy=False)
+            if on_step is not None:
+                latents = on_step(i, t, latents)
+        return latents
+
     def step_callback(self, callback, i, t, tensors: dict) -> dict:
         if callback is None:
             return tensors
@@ -121,13 +166,11 @@ class ExportedPipeline:
     def decode_chunks(self, latents: np.ndarray, chunk: int) -> np.ndarray:
         """latents [N, C, h, w] -> frames [N, 3, H, W], chunk by chunk; the last, shorter chunk
         uses the ``vae_decoder_tail`` graph exported for exactly that length."""
-        frames = []
-        for start in range(0, latents.shape[0], chunk):
-            part = latents[start:start + chunk]
-            graph = "vae_decoder" if part.shape[0] == chunk else "vae_decoder_tail"
+        def decode(part, tail):
             with self.timed("vae_decode"):
-                frames.append(self.graphs[graph](part)[0])
-        return np.concatenate(frames)
+                return self.graphs["vae_decoder_tail" if tail else "vae_decoder"](part)[0]
+
+        return run_chunks(decode, latents, chunk)[0]
 
     # ------------------------------------------------------------------ requests over a service
     # A service builds its request checks from these, so a family needs no server code.

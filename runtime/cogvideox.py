@@ -23,6 +23,7 @@ from .families import FamilySpec
 from .image import OUTPUT_TYPES, as_image_list, open_image, postprocess_video, vae_image_inputs
 from .manifest import ExportInvalid, ShapeMismatch
 from .schedulers import get_timesteps_for_strength, make_cogvideox_scheduler
+from .vae import run_causal, stitch_tiles
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class _CogVideoXBase(ExportedPipeline):
         self.use_tiling = False
         for name in self.manifest["graphs"]:
             if name.startswith(("vae_decoder_tile_", "vae_encoder_tile_")) and name not in self.graphs:
-                self.graphs[name] = backend.load(export.graph_path(name))
+                self.load_graph(name)
 
     @classmethod
     def check_export(cls, export):
@@ -168,30 +169,25 @@ class _CogVideoXBase(ExportedPipeline):
         return make_cogvideox_scheduler(self.manifest["scheduler"], name=name)
 
     def _denoise(self, latents, prompt_embeds, sched, plan, start, guidance_scale, use_dynamic_cfg, do_cfg,
-                 num_inference_steps, rng, image_latents, callback_on_step_end):
-        """The flat denoising loop from plan index ``start``; ``num_inference_steps`` is what
-        diffusers' dynamic CFG formula sees (the strength-reduced count for V2V)."""
-        old_denoised = None
-        for i in self.progress(range(start, len(plan.timesteps))):
-            t = plan.timesteps[i]
-            with self.timed("denoise_step"):
-                model_in = sched.scale_model_input(plan, i, latents)
-                g = guidance_scale
-                if use_dynamic_cfg:
-                    g = 1 + guidance_scale * (
-                        (1 - math.cos(math.pi * ((num_inference_steps - float(t)) / num_inference_steps) ** 5.0)) / 2)
-                if not do_cfg:
-                    g = 1.0
-                args = [model_in]
-                if image_latents is not None:
-                    args.append(image_latents)
-                args += [prompt_embeds, np.array([t], F32), np.array([g], F32)]
-                with self.timed("unet"):
-                    noise_pred = self.graphs["transformer"](*args)[0]
-                latents, old_denoised = sched.step(plan, i, latents, noise_pred, old_denoised, generator=rng)
-                latents = latents.astype(F32)
-            latents = self.step_callback(callback_on_step_end, i, t, {"latents": latents}).get("latents", latents)
-        return latents
+                 num_inference_steps, rng, image_latents, callback_on_step_end, eta=0.0):
+        """The denoising loop from plan index ``start``; ``num_inference_steps`` is what diffusers'
+        dynamic CFG formula sees (the strength-reduced count for V2V)."""
+        def predict(model_in, t, i):
+            g = guidance_scale
+            if use_dynamic_cfg:
+                g = 1 + guidance_scale * (
+                    (1 - math.cos(math.pi * ((num_inference_steps - float(t)) / num_inference_steps) ** 5.0)) / 2)
+            if not do_cfg:
+                g = 1.0
+            extra = {} if image_latents is None else {"image_latents": image_latents}
+            return self.graphs["transformer"](sample=model_in, encoder_hidden_states=prompt_embeds,
+                                              timestep=np.array([t], F32), guidance_scale=np.array([g], F32),
+                                              **extra)[0]
+
+        def on_step(i, t, x):
+            return self.step_callback(callback_on_step_end, i, t, {"latents": x}).get("latents", x)
+
+        return self.denoise(sched, plan, latents, predict, start=start, generator=rng, eta=eta, on_step=on_step)
 
     def _check_call(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, height, width,
                     max_sequence_length, num_videos_per_prompt, num_inference_steps, callback_inputs):
@@ -236,17 +232,15 @@ class _CogVideoXBase(ExportedPipeline):
     def _run_batches(self, x, batches, first_graph, next_graph, stage):
         # x: [B, C, F, H, W], cut along F into the manifest's batches; each graph call returns its
         # output plus the conv caches, which go into the next call -> outputs joined along F
-        outputs, caches = [], ()
-        for k, batch in enumerate(batches):
-            part = np.ascontiguousarray(x[:, :, batch["start"]:batch["end"]])
+        def first(part):
             with self.timed(stage):
-                if k == 0:
-                    outs = self.graphs[first_graph](part)
-                else:
-                    outs = self.graphs[next_graph](part, *caches)
-            outputs.append(outs[0])
-            caches = tuple(outs[1:])
-        return np.concatenate(outputs, 2)
+                return self.graphs[first_graph](part)
+
+        def following(part, *caches):
+            with self.timed(stage):
+                return self.graphs[next_graph](part, *caches)
+
+        return run_causal(first, following, x, batches, axis=2)
 
     def _decode_batches(self, z, first_graph, next_graph):
         return self._run_batches(z, self.manifest["decode_batches"], first_graph, next_graph, "vae_decode")
@@ -258,7 +252,7 @@ class _CogVideoXBase(ExportedPipeline):
             name = f"vae_decoder_tile_{t['h']}x{t['w']}"
             return self._decode_batches(z[:, :, :, t["i"]:t["i"] + t["h"], t["j"]:t["j"] + t["w"]],
                                         name + "_first", name)
-        return _stitch_tiles(tiling, decode)
+        return stitch_tiles(tiling, decode)
 
     def encode_video(self, video, rng):
         """video [B, 3, M, H, W] in [-1, 1] -> posterior sample [B, C, m, h, w] (diffusers'
@@ -284,7 +278,7 @@ class _CogVideoXBase(ExportedPipeline):
                 name = f"vae_encoder_tile_{t['h']}x{t['w']}"
                 return self._encode_batches(video[:, :, :, t["i"]:t["i"] + t["h"], t["j"]:t["j"] + t["w"]],
                                             name + "_first", name)
-            return _stitch_tiles(tiling, encode)
+            return stitch_tiles(tiling, encode)
         return self._encode_batches(video, "vae_encoder_first", "vae_encoder")
 
     def _encode_batches(self, video, first_graph, next_graph):
@@ -312,39 +306,6 @@ class _CogVideoXBase(ExportedPipeline):
                     f"resize it first, or pass resize=True to resize it as diffusers does (Lanczos for images "
                     f"and uint8, nearest for float arrays)")
         return vae_image_inputs(items, height, width, vae_scale_factor=self.manifest["vae_scale_factor_spatial"])
-
-
-def _stitch_tiles(tiling, code):
-    """diffusers' tiled_encode / tiled_decode after the tiles are coded: ``code(tile)`` gives each
-    tile of ``tiling["tiles"]`` (row-major); each is blended with the one above and the one to its
-    left, cropped to the row limits and stitched."""
-    tiles = iter(tiling["tiles"])
-    rows = [[code(next(tiles)) for _ in range(tiling["cols"])] for _ in range(tiling["rows"])]
-    result_rows = []
-    for i, row in enumerate(rows):
-        result_row = []
-        for j, tile in enumerate(row):
-            tile = tile.copy()
-            if i > 0:
-                tile = _blend(rows[i - 1][j], tile, tiling["blend_extent_height"], axis=3)
-            if j > 0:
-                tile = _blend(row[j - 1], tile, tiling["blend_extent_width"], axis=4)
-            row[j] = tile  # diffusers blends in place: later tiles see the blended neighbours
-            result_row.append(tile[:, :, :, :tiling["row_limit_height"], :tiling["row_limit_width"]])
-        result_rows.append(np.concatenate(result_row, 4))
-    return np.concatenate(result_rows, 3)
-
-
-def _blend(a, b, extent, axis):
-    """diffusers blend_v (axis 3) / blend_h (axis 4): the first ``extent`` rows of b fade in from a's last."""
-    extent = min(a.shape[axis], b.shape[axis], extent)
-    for y in range(extent):
-        src = [slice(None)] * 5
-        dst = [slice(None)] * 5
-        src[axis] = -extent + y
-        dst[axis] = y
-        b[tuple(dst)] = a[tuple(src)] * F32(1 - y / extent) + b[tuple(dst)] * F32(y / extent)
-    return b
 
 
 class CogVideoXPipeline(_CogVideoXBase):
@@ -431,7 +392,8 @@ class CogVideoXImageToVideoPipeline(_CogVideoXBase):
             image_latents = scaling * image_latents
         else:
             image_latents = F32(1) / scaling * image_latents
-        model_frames, channels, h, w = m["latent_shape"]
+        axes = m.latent_axes()
+        model_frames, channels, h, w = axes["F"], axes["C"], axes["H"], axes["W"]
         p_t = m["patch_size_t"]
         # diffusers: zero frames up to the (T2V-padded) latent count, then p_t's first-frame copies
         base = (m["shapes"]["num_frames"] + m["additional_frames"] * m["vae_scale_factor_temporal"] - 1) \

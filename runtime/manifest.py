@@ -1,13 +1,20 @@
-"""Reading and checking an export's manifest: format version, checksums, static shapes."""
+"""The export-to-runtime contract: one typed manifest module, used by the writer (export/writer.py)
+and by the runtime. It holds the format version, the checksums, the static shapes, the latent layout
+and every graph's named inputs and outputs, and it checks a manifest before anything trusts it.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-FORMAT_VERSION = 1
+import numpy as np
+
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+# axis letters of a latent layout: B batch, F frames, C channels, H/W latent height/width, S tokens
+LAYOUT_AXES = set("BFCHWS")
 
 
 class ExportInvalid(RuntimeError):
@@ -18,26 +25,102 @@ class ShapeMismatch(ValueError):
     """A request that does not fit the shapes fixed at export time."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
+        for block in iter(lambda: fh.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
 @dataclass(frozen=True)
-class Export:
-    root: Path
-    manifest: dict
+class TensorSpec:
+    name: str
+    shape: tuple
+    dtype: str = "float32"
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "TensorSpec":
+        return cls(raw["name"], tuple(raw["shape"]), raw["dtype"])
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    name: str
+    file: str  # the file to load, relative to the export
+    files: tuple  # every file of the graph (a split export has a variables folder too)
+    inputs: tuple  # TensorSpec, in call order
+    outputs: tuple
+
+    @classmethod
+    def from_json(cls, name: str, raw: dict) -> "GraphEntry":
+        return cls(name, raw["file"], tuple(raw.get("files", [raw["file"]])),
+                   tuple(TensorSpec.from_json(t) for t in raw["inputs"]),
+                   tuple(TensorSpec.from_json(t) for t in raw["outputs"]))
+
+
+def _inside(root: Path, rel: str) -> bool:
+    """A manifest path must be relative and stay inside the export folder."""
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or ".." in pure.parts or "\\" in rel or not rel:
+        return False
+    return (root / rel).resolve().is_relative_to(root.resolve())
+
+
+class Manifest(dict):
+    """The manifest as written (a dict, so that family fields read as ``manifest[key]``), checked on
+    construction, with typed accessors for the fields every family has."""
+
+    REQUIRED = ("format_version", "family", "pipeline", "shapes", "graphs", "files")
+
+    def __init__(self, raw: dict, source: str = MANIFEST):
+        super().__init__(raw)
+        self.source = source
+        version = self.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ExportInvalid(f"{source}: format_version {version!r}, this runtime reads {FORMAT_VERSION}; "
+                                "re-export with export-model")
+        missing = [k for k in self.REQUIRED if k not in self]
+        if missing:
+            raise ExportInvalid(f"{source}: manifest has no {missing} entries")
+        self.graph_entries = {}
+        for name, raw_graph in self["graphs"].items():
+            try:
+                self.graph_entries[name] = GraphEntry.from_json(name, raw_graph)
+            except (KeyError, TypeError, ValueError) as err:
+                raise ExportInvalid(f"{source}: graph {name!r} has a malformed entry ({err!r})") from None
+        layout, shape = self.get("latent_layout"), self.get("latent_shape")
+        if layout is not None and (len(layout) != len(shape or ()) or not set(layout) <= LAYOUT_AXES):
+            raise ExportInvalid(f"{source}: latent_layout {layout!r} does not name the axes of latent_shape {shape}")
 
     @property
     def family(self) -> str:
-        return self.manifest["family"]
+        return self["family"]
 
     @property
     def shapes(self) -> dict:
-        return self.manifest["shapes"]
+        return self["shapes"]
+
+    def latent_axes(self) -> dict:
+        """Axis letter -> size of one sample's latents, e.g. {"F": 5, "C": 4, "H": 4, "W": 6}."""
+        return dict(zip(self["latent_layout"], self["latent_shape"]))
+
+
+@dataclass(frozen=True)
+class Export:
+    root: Path
+    manifest: Manifest
+
+    @property
+    def family(self) -> str:
+        return self.manifest.family
+
+    @property
+    def shapes(self) -> dict:
+        return self.manifest.shapes
 
     def graph_path(self, name: str) -> Path:
         graphs = self.manifest["graphs"]
@@ -49,40 +132,87 @@ class Export:
         return ", ".join(f"{k}={v}" for k, v in self.shapes.items())
 
 
-def read_manifest(root) -> dict:
+def read_manifest(root) -> Manifest:
     root = Path(root)
     path = root / MANIFEST
     if not path.is_file():
         raise ExportInvalid(f"{root} is not an export: {MANIFEST} is missing (run export-model first)")
     try:
-        manifest = json.loads(path.read_text())
+        raw = json.loads(path.read_text())
     except ValueError as err:
         raise ExportInvalid(f"{path} is not valid JSON: {err}") from err
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ExportInvalid(f"{path}: format_version {version!r}, this runtime reads {FORMAT_VERSION}; re-export")
-    for key in ("family", "shapes", "graphs", "files"):
-        if key not in manifest:
-            raise ExportInvalid(f"{path}: manifest has no {key!r} entry")
-    return manifest
+    if not isinstance(raw, dict):
+        raise ExportInvalid(f"{path} does not hold a manifest object")
+    return Manifest(raw, source=str(path))
 
 
 def verify_export(root, check_sums: bool = True) -> Export:
-    """The export at ``root``, after checking that every listed file exists with its sha256."""
+    """The export at ``root``, after checking that every listed file lies inside it and exists with
+    its sha256, and that every graph's files are listed."""
     root = Path(root).resolve()
     manifest = read_manifest(root)
     for rel, expected in manifest["files"].items():
+        if not _inside(root, rel):
+            raise ExportInvalid(f"{root}: the manifest lists {rel!r}, a path outside the export folder; refusing it")
         path = root / rel
         if not path.is_file():
             raise ExportInvalid(f"{root}: file {rel} listed in the manifest is missing")
         if check_sums:
-            actual = _sha256(path)
+            actual = sha256_file(path)
             if actual != expected:
                 raise ExportInvalid(
                     f"{root}: checksum mismatch for {rel} (manifest {expected[:12]}..., file {actual[:12]}...); "
                     "the artifact was modified or corrupted - re-export it"
                 )
-    for name, graph in manifest["graphs"].items():
-        if graph["file"] not in manifest["files"]:
-            raise ExportInvalid(f"{root}: graph {name} file {graph['file']} has no checksum in the manifest")
+    for name, entry in manifest.graph_entries.items():
+        for rel in entry.files:
+            if not _inside(root, rel):
+                raise ExportInvalid(f"{root}: graph {name} names {rel!r}, a path outside the export folder")
+            if rel not in manifest["files"]:
+                raise ExportInvalid(f"{root}: graph {name} file {rel} has no checksum in the manifest")
     return Export(root, manifest)
+
+
+def mindir_input_shapes(path) -> list | None:
+    """The input shapes a MindIR graph file was traced with (None when the file holds the weights
+    too and is too large to parse cheaply)."""
+    path = Path(path)
+    if path.stat().st_size > (256 << 20):
+        return None
+    from mindspore.train import mind_ir_pb2
+
+    model = mind_ir_pb2.ModelProto()
+    model.ParseFromString(path.read_bytes())
+    return [tuple(inp.tensor[0].dims) for inp in model.graph.input]
+
+
+class BoundGraph:
+    """A loaded graph called with its inputs by name (or in the manifest's order), checked against
+    the shapes and dtypes the manifest declares before they reach the graph; returns a tuple."""
+
+    def __init__(self, entry: GraphEntry, fn):
+        self.entry = entry
+        self.fn = fn
+        self.names = tuple(t.name for t in entry.inputs)
+
+    def __call__(self, *args, **named):
+        if named:
+            if args:
+                raise TypeError(f"graph {self.entry.name}: pass its inputs either by position or by name")
+            missing = [n for n in self.names if n not in named]
+            extra = sorted(set(named) - set(self.names))
+            if missing or extra:
+                raise TypeError(f"graph {self.entry.name} takes {list(self.names)}; missing {missing}, "
+                                f"unexpected {extra}")
+            args = tuple(named[n] for n in self.names)
+        if len(args) != len(self.names):
+            raise TypeError(f"graph {self.entry.name} takes {len(self.names)} inputs {list(self.names)}, "
+                            f"got {len(args)}")
+        arrays = []
+        for spec, value in zip(self.entry.inputs, args):
+            array = np.asarray(value, dtype=spec.dtype)
+            if array.shape != tuple(spec.shape):
+                raise ShapeMismatch(f"graph {self.entry.name}: input {spec.name} has shape {array.shape}, the "
+                                    f"export declares {tuple(spec.shape)}")
+            arrays.append(np.ascontiguousarray(array))
+        return self.fn(*arrays)

@@ -53,8 +53,8 @@ class StableVideoDiffusionPipeline(ExportedPipeline):
         self.check_callback_inputs(callback_on_step_end_tensor_inputs, ("latents",))
         rng = self.make_generator(generator, seed)
         do_cfg = max_guidance_scale > 1
-        h, w = self.manifest["latent_shape"][1:]
-        channels = self.manifest["latent_shape"][0]
+        axes = self.manifest.latent_axes()
+        channels, h, w = axes["C"], axes["H"], axes["W"]
 
         # 2. encode the conditioning image (CLIP), with zeros as the unconditional embedding
         with self.timed("image_encode"):
@@ -95,16 +95,15 @@ class StableVideoDiffusionPipeline(ExportedPipeline):
             guidance = np.ones_like(guidance)
 
         # 8. denoise
-        state = None
-        for i, t in enumerate(self.progress(plan.timesteps)):
-            with self.timed("denoise_step"):
-                model_in = sched.scale_model_input(plan, i, latents)
-                timestep = np.array([t], np.float32)
-                with self.timed("unet"):
-                    noise_pred = self.graphs["unet"](model_in, timestep, image_latents, embeds, added_time_ids,
-                                                     guidance)[0]
-                latents, state = sched.step(plan, i, latents, noise_pred, state, generator=rng)
-            latents = self.step_callback(callback_on_step_end, i, t, {"latents": latents}).get("latents", latents)
+        def predict(model_in, t, i):
+            return self.graphs["unet"](sample=model_in, timestep=np.array([t], np.float32),
+                                       image_latents=image_latents, encoder_hidden_states=embeds,
+                                       added_time_ids=added_time_ids, guidance_scale=guidance)[0]
+
+        def on_step(i, t, latents):
+            return self.step_callback(callback_on_step_end, i, t, {"latents": latents}).get("latents", latents)
+
+        latents = self.denoise(sched, plan, latents, predict, generator=rng, on_step=on_step)
 
         # 9. decode in chunks over the flattened (batch * frames) axis, exactly as diffusers chunks it
         frames = self.decode_chunks(latents.reshape((-1,) + latents.shape[2:]), decode_chunk_size)

@@ -8,7 +8,6 @@ Layouts follow diffusers: latents are [B, C, F, h, w]; the scheduler steps on th
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from pathlib import Path
@@ -20,6 +19,7 @@ from .families import FamilySpec
 from .image import OUTPUT_TYPES, postprocess_video
 from .manifest import ExportInvalid, ShapeMismatch
 from .schedulers import add_noise, get_timesteps_for_strength, make_scheduler
+from .vae import run_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -183,35 +183,27 @@ class _UNet3DPipeline(ExportedPipeline):
     def _scheduler(self, name):
         return make_scheduler(self.manifest["scheduler"], name=name)
 
-    @staticmethod
-    def _step_kwargs(sched, generator, eta):
-        # diffusers' prepare_extra_step_kwargs: eta only for schedulers whose step takes it (DDIM)
-        params = set(inspect.signature(sched.step).parameters)
-        kwargs = {}
-        if "eta" in params:
-            kwargs["eta"] = eta
-        if "generator" in params:
-            kwargs["generator"] = generator
-        return kwargs
-
-    def _denoise(self, sched, plan, start, latents, context, guidance, step_kwargs, callback, callback_steps):
+    def _denoise(self, sched, plan, start, latents, context, guidance, rng, eta, callback, callback_steps):
         """Steps ``start .. len(plan) - 1``. latents: [B, C, F, h, w]; context: [2B, N, D]."""
-        state = None
-        for i in self.progress(range(start, len(plan.timesteps))):
-            t = plan.timesteps[i]
-            with self.timed("denoise_step"):
-                model_in = sched.scale_model_input(plan, i, latents)
-                with self.timed("unet"):
-                    noise_pred = self.graphs["unet"](model_in, np.array([t], F32), context, guidance)[0]
-                # the scheduler steps on [B*F, C, h, w], as diffusers reshapes before scheduler.step
-                bsz, channel, frames, hgt, wid = latents.shape
-                flat = latents.transpose(0, 2, 1, 3, 4).reshape(bsz * frames, channel, hgt, wid)
-                noise_pred = noise_pred.transpose(0, 2, 1, 3, 4).reshape(bsz * frames, channel, hgt, wid)
-                flat, state = sched.step(plan, i, flat, noise_pred, state, **step_kwargs)
-                latents = flat.reshape(bsz, frames, channel, hgt, wid).transpose(0, 2, 1, 3, 4)
+        bsz, channel, frames, hgt, wid = latents.shape
+
+        def predict(model_in, t, i):
+            return self.graphs["unet"](sample=model_in, timestep=np.array([t], F32), encoder_hidden_states=context,
+                                       guidance_scale=guidance)[0]
+
+        def to_step(x):  # the scheduler steps on [B*F, C, h, w], as diffusers reshapes before scheduler.step
+            return x.transpose(0, 2, 1, 3, 4).reshape(bsz * frames, channel, hgt, wid)
+
+        def from_step(x):
+            return x.reshape(bsz, frames, channel, hgt, wid).transpose(0, 2, 1, 3, 4)
+
+        def on_step(i, t, x):  # diffusers' legacy callback(step, timestep, latents) every callback_steps
             if callback is not None and (i - start) % callback_steps == 0:
-                callback(i - start, t, latents)
-        return latents
+                callback(i - start, t, x)
+            return x
+
+        return self.denoise(sched, plan, latents, predict, start=start, generator=rng, eta=eta, on_step=on_step,
+                            step_view=(to_step, from_step))
 
     def _decode(self, latents, output_type):
         # latents [B, C, F, h, w] -> frames [B*F, 3, H, W] chunk by chunk -> video
@@ -285,7 +277,8 @@ class TextToVideoSDPipeline(_UNet3DPipeline):
         plan = sched.set_timesteps(num_inference_steps)
 
         # 5. prepare latent variables
-        channels, _, h, w = self.manifest["latent_shape"]
+        axes = self.manifest.latent_axes()
+        channels, h, w = axes["C"], axes["H"], axes["W"]
         shape = (batch_size, channels, num_frames, h, w)
         if latents is None:
             latents = rng.standard_normal(shape, dtype=F32)
@@ -293,11 +286,8 @@ class TextToVideoSDPipeline(_UNet3DPipeline):
             latents = self.check_latents(latents, shape)
         latents = latents * plan.init_noise_sigma
 
-        # 6. prepare extra step kwargs
-        step_kwargs = self._step_kwargs(sched, rng, eta)
-
-        # 7. denoising loop
-        latents = self._denoise(sched, plan, 0, latents, context, guidance, step_kwargs, callback, callback_steps)
+        # 6. denoising loop (eta reaches the scheduler's step when it takes one, as prepare_extra_step_kwargs)
+        latents = self._denoise(sched, plan, 0, latents, context, guidance, rng, eta, callback, callback_steps)
 
         # 8. post-processing
         video = self._decode(latents, output_type)
@@ -383,14 +373,10 @@ class VideoToVideoSDPipeline(_UNet3DPipeline):
         init_latents = add_noise(plan, init_latents, noise, step_index=t_start).astype(F32)
         latents = init_latents.reshape((bsz, frames) + init_latents.shape[1:]).transpose(0, 2, 1, 3, 4)
 
-        # 7. prepare extra step kwargs
-        step_kwargs = self._step_kwargs(sched, rng, eta)
+        # 7. denoising loop
+        latents = self._denoise(sched, plan, t_start, latents, context, guidance, rng, eta, callback, callback_steps)
 
-        # 8. denoising loop
-        latents = self._denoise(sched, plan, t_start, latents, context, guidance, step_kwargs, callback,
-                                callback_steps)
-
-        # 9. post-processing
+        # 8. post-processing
         out = self._decode(latents, output_type)
         return VideoOutput(frames=out) if return_dict else (out,)
 
@@ -441,15 +427,11 @@ class VideoToVideoSDPipeline(_UNet3DPipeline):
 
     def encode_chunks(self, frames: np.ndarray, chunk: int):
         """frames [N, 3, H, W] -> latent_dist (mean, std), each [N, C, h, w], chunk by chunk."""
-        means, stds = [], []
-        for start in range(0, frames.shape[0], chunk):
-            part = frames[start:start + chunk]
-            graph = "vae_encoder" if part.shape[0] == chunk else "vae_encoder_tail"
+        def encode(part, tail):
             with self.timed("vae_encode"):
-                mean, std = self.graphs[graph](part)[:2]
-            means.append(mean)
-            stds.append(std)
-        return np.concatenate(means), np.concatenate(stds)
+                return tuple(self.graphs["vae_encoder_tail" if tail else "vae_encoder"](part)[:2])
+
+        return run_chunks(encode, frames, chunk)
 
 
 def _frame_array(frame) -> np.ndarray:

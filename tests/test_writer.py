@@ -8,6 +8,9 @@ import pytest
 from video_aot.export.writer import ExportError, write_export
 
 
+MANIFEST = {"export_key": "k", "family": "svd", "pipeline": "StableVideoDiffusionPipeline", "shapes": {}}
+
+
 def _quiet(*_):
     pass
 
@@ -27,14 +30,14 @@ def test_force_refuses_a_folder_that_is_not_an_export(tmp_path):
     folder.mkdir()
     (folder / "notes.txt").write_text("x")
     with pytest.raises(ExportError, match="not an export folder.*never deletes"):
-        write_export(folder, [], {"export_key": "k"}, force=True, log=_quiet)
+        write_export(folder, [], MANIFEST, force=True, log=_quiet)
     assert (folder / "notes.txt").read_text() == "x"
 
 
 def test_force_refuses_an_export_holding_user_files(tmp_path):
     folder = _fake_export(tmp_path / "e", extra=("notes.txt",))
     with pytest.raises(ExportError, match="notes.txt.*--force would delete"):
-        write_export(folder, [], {"export_key": "k"}, force=True, log=_quiet)
+        write_export(folder, [], MANIFEST, force=True, log=_quiet)
     assert (folder / "notes.txt").exists() and (folder / "unet.mindir").exists()
 
 
@@ -42,16 +45,16 @@ def test_force_refuses_a_file(tmp_path):
     target = tmp_path / "f.txt"
     target.write_text("keep me")
     with pytest.raises(ExportError, match="not a folder"):
-        write_export(target, [], {"export_key": "k"}, force=True, log=_quiet)
+        write_export(target, [], MANIFEST, force=True, log=_quiet)
     assert target.read_text() == "keep me"
 
 
 def test_force_replaces_an_earlier_export_and_an_empty_folder(tmp_path):
     folder = _fake_export(tmp_path / "e")
-    write_export(folder, [], {"export_key": "k"}, force=True, log=_quiet)
+    write_export(folder, [], MANIFEST, force=True, log=_quiet)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["export_key"] == "k" and not (folder / "unet.mindir").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
-    write_export(empty, [], {"export_key": "k"}, force=True, log=_quiet)
+    write_export(empty, [], MANIFEST, force=True, log=_quiet)
     assert (empty / "manifest.json").is_file()
