@@ -178,6 +178,19 @@ def test_i2v_matches_diffusers(snapshots, exports, monkeypatch):
     _compare("i2v", got, expected)
 
 
+def test_t2v_on_the_image_to_video_export_matches_diffusers(snapshots, exports, monkeypatch):
+    """An image_to_video export's step graph takes per-token timesteps; LTXPipeline feeds every token
+    the step's timestep there, which is diffusers' text-to-video step."""
+    _, ref = snapshots["090"]
+    ours = load_pipeline(exports["i2v"], backend="mindspore", pipeline="text2video")
+    latents = _packed_latents(9, 32, 32, seed=4)
+    kwargs = dict(COMMON, prompt=PROMPT, num_frames=9, height=32, width=32, guidance_scale=1.0)  # no CFG
+    shared_noise(monkeypatch, seed=15)
+    expected = ref(latents=torch.tensor(latents), **kwargs).frames
+    got = ours(latents=latents, seed=15, **kwargs).frames
+    _compare("t2v on the i2v export, no cfg", got, expected)
+
+
 def test_091_vae_timestep_conditioning_and_noise_matches_diffusers(snapshots, exports, monkeypatch):
     """0.9.1-style VAE: decode_timestep 0.05, decode_noise_scale 0.025 (the decode noise and every
     injected map from the shared stream)."""
