@@ -7,7 +7,10 @@ from a numpy generator seeded like the runtime's, in the same order).
 Exports (the dummy VAE has one level, so latents are the image size):
   "a": 2 frames at 24x40 (HxW, non-square): the UNet's context pool averages uneven bins on the width
        (40 -> 32) and repeats rows on the height (24 -> 32); decode_chunk_size 1 (diffusers' default).
-  "b": 3 frames at 32x32: the pool is the identity; decode chunk 2, so a tail graph decodes the last frame.
+  "b": batch 2, 3 frames at 32x32: the pool is the identity; decode chunk 4 over 6 frames, so a tail graph
+       decodes the last 2. Run with two prompts and two images, and with one prompt and
+       num_videos_per_prompt=2 (diffusers repeats the prompt and image embeddings per prompt but tiles the
+       image latents).
 
 diffusers 0.42's clip_skip path reads ``text_encoder.text_model.final_layer_norm``, which transformers
 5's CLIPTextModel no longer has; the reference gets that attribute pointing at the same layer norm, so
@@ -28,9 +31,9 @@ from video_aot.runtime import ShapeMismatch, load_pipeline
 
 MAX_ABS = 1e-3  # on [0, 1] frames
 SHAPES = {
-    # name: (frames, height, width, decode_chunk_size)
-    "a": (2, 24, 40, None),
-    "b": (3, 32, 32, 2),
+    # name: (frames, height, width, decode_chunk_size, batch)
+    "a": (2, 24, 40, None, 1),
+    "b": (3, 32, 32, 4, 2),
 }
 PROMPT, NEGATIVE = "a red fox running in the snow", "blurry low quality"
 
@@ -86,8 +89,8 @@ def exports(snapshot, tmp_path_factory):
     folder, _ = snapshot
     root = tmp_path_factory.mktemp("i2vgen-exports")
     return {name: export_model(str(folder), str(root / name), frames=frames, height=height, width=width,
-                               decode_chunk_size=chunk, log=lambda *a: None)
-            for name, (frames, height, width, chunk) in SHAPES.items()}
+                               decode_chunk_size=chunk, batch=batch, log=lambda *a: None)
+            for name, (frames, height, width, chunk, batch) in SHAPES.items()}
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +107,8 @@ def _image(seed=0, size=(52, 37)):
 
 
 def _latents(name, seed=1):
-    frames, height, width, _ = SHAPES[name]
-    return np.random.default_rng(seed).standard_normal((1, 4, frames, height, width)).astype(np.float32)
+    frames, height, width, _, batch = SHAPES[name]
+    return np.random.default_rng(seed).standard_normal((batch, 4, frames, height, width)).astype(np.float32)
 
 
 def _numpy_noise(monkeypatch, seed):
@@ -124,26 +127,29 @@ def _numpy_noise(monkeypatch, seed):
 
 
 CASES = {
-    # id: (export, steps, guidance, negative_prompt, eta, target_fps, clip_skip)
-    "non-square-negative": ("a", 2, 6.0, NEGATIVE, 0.0, 16, 1),
-    "32x32-eta-tail-chunk": ("b", 2, 9.0, None, 0.6, 8, 1),
-    "guidance-off-clip-skip-none": ("a", 1, 1.0, None, 0.0, 24, None),
+    # id: (export, prompts, images, negative_prompt, num_videos_per_prompt, steps, guidance, eta, target_fps, clip_skip)
+    "non-square-negative": ("a", PROMPT, 0, NEGATIVE, 1, 2, 6.0, 0.0, 16, 1),
+    "32x32-two-prompts-eta-tail-chunk": ("b", [PROMPT, "a blue sky over the sea"], [0, 1], [NEGATIVE, "ugly"], 1, 2,
+                                         9.0, 0.6, 8, 1),
+    "32x32-two-videos-per-prompt": ("b", [PROMPT], [2], None, 2, 2, 7.0, 0.0, 16, 1),
+    "guidance-off-clip-skip-none": ("a", PROMPT, 0, None, 1, 1, 1.0, 0.0, 24, None),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_i2vgen_matches_diffusers(snapshot, pipelines, monkeypatch, case):
-    name, steps, guidance, negative, eta, fps, clip_skip = CASES[case]
+    name, prompt, seeds, negative, per_prompt, steps, guidance, eta, fps, clip_skip = CASES[case]
     _, ref = snapshot
-    frames, height, width, chunk = SHAPES[name]
-    latents, image = _latents(name), _image()
-    kwargs = dict(negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance, eta=eta,
-                  target_fps=fps, clip_skip=clip_skip, output_type="np")
-    ours = pipelines[name](PROMPT, image, latents=latents, seed=7, **kwargs).frames
+    frames, height, width, chunk, batch = SHAPES[name]
+    latents = _latents(name)
+    image = [_image(s) for s in seeds] if isinstance(seeds, list) else _image(seeds)
+    kwargs = dict(negative_prompt=negative, num_videos_per_prompt=per_prompt, num_inference_steps=steps,
+                  guidance_scale=guidance, eta=eta, target_fps=fps, clip_skip=clip_skip, output_type="np")
+    ours = pipelines[name](prompt, image, latents=latents, seed=7, **kwargs).frames
     _numpy_noise(monkeypatch, 7)
-    expected = ref(PROMPT, image, height=height, width=width, num_frames=frames, latents=torch.from_numpy(latents),
+    expected = ref(prompt, image, height=height, width=width, num_frames=frames, latents=torch.from_numpy(latents),
                    decode_chunk_size=chunk or 1, **kwargs).frames
-    assert ours.shape == expected.shape == (1, frames, height, width, 3)
+    assert ours.shape == expected.shape == (batch, frames, height, width, 3)
     err = float(np.abs(ours - expected).max())
     print(f"i2vgen {case}: max abs {err:.2e}, rel L2 {rel_l2(ours, expected):.2e}")
     assert err <= MAX_ABS
@@ -197,6 +203,8 @@ def test_refused_shapes_list_the_export(pipelines):
         pipe(PROMPT, num_inference_steps=1)
     with pytest.raises(ValueError, match="cross_attention_kwargs"):
         pipe(PROMPT, _image(), cross_attention_kwargs={"scale": 0.5}, num_inference_steps=1)
+    with pytest.raises(ShapeMismatch, match="batch=2.*the request asks for batch=1"):
+        pipelines["b"](PROMPT, _image(), num_inference_steps=1)  # one prompt, one video per prompt
 
 
 def test_export_refuses_bad_sizes(snapshot, tmp_path):
@@ -213,28 +221,29 @@ def test_export_refuses_bad_sizes(snapshot, tmp_path):
 def test_request_validation_and_generate_video(exports, pipelines, tmp_path):
     from video_aot.runtime.cli import main
 
-    pipe = pipelines["b"]
+    pipe = pipelines["a"]
     schema = pipe.request_schema()
     assert schema["image"]["required"] and schema["prompt"]["required"]
-    assert schema["num_frames"]["enum"] == [3] and schema["height"]["enum"] == [32]
+    assert schema["num_frames"]["enum"] == [2] and schema["height"]["enum"] == [24]
     request = pipe.validate_request(pipe.example_request())
-    assert request["num_inference_steps"] == 1 and request["image"].shape == (32, 32, 3)
+    assert request["num_inference_steps"] == 1 and request["image"].shape == (24, 40, 3)
     with pytest.raises(ValueError, match="target_fps"):
         pipe.validate_request({**pipe.example_request(), "target_fps": 500})
 
     _image(5).save(tmp_path / "in.png")
     common = ["--prompt", PROMPT, "--steps", "1", "--seed", "1", "--backend", "mindspore"]
-    assert main([str(exports["b"]), "--out", str(tmp_path / "out.gif"), "--image", str(tmp_path / "in.png"),
+    assert main([str(exports["a"]), "--out", str(tmp_path / "out.gif"), "--image", str(tmp_path / "in.png"),
                  "--negative-prompt", NEGATIVE, "--target-fps", "8", *common]) == 0
     assert (tmp_path / "out.gif").stat().st_size > 0
-    assert main([str(exports["b"]), "--out", str(tmp_path / "x.gif"), "--image", str(tmp_path / "in.png"),
+    assert main([str(exports["a"]), "--out", str(tmp_path / "x.gif"), "--image", str(tmp_path / "in.png"),
                  "--num-frames", "4", *common]) == 2  # not exported
 
 
 def test_manifest_declares_the_step_graph(exports):
     manifest = json.loads((exports["b"] / "manifest.json").read_text())
     unet = {t["name"]: t["shape"] for t in manifest["graphs"]["unet"]["inputs"]}
-    assert unet == {"sample": [1, 4, 3, 32, 32], "timestep": [1], "fps": [1], "image_latents": [1, 4, 3, 32, 32],
-                    "image_embeddings": [2, 1, 4], "encoder_hidden_states": [2, 77, 4], "guidance_scale": [1]}
-    assert manifest["graphs"]["vae_decoder"]["inputs"][0]["shape"] == [2, 4, 32, 32]
-    assert manifest["graphs"]["vae_decoder_tail"]["inputs"][0]["shape"] == [1, 4, 32, 32]
+    assert unet == {"sample": [2, 4, 3, 32, 32], "timestep": [1], "fps": [1], "image_latents": [2, 4, 3, 32, 32],
+                    "image_embeddings": [4, 1, 4], "encoder_hidden_states": [4, 77, 4], "guidance_scale": [1]}
+    assert manifest["graphs"]["vae_decoder"]["inputs"][0]["shape"] == [4, 4, 32, 32]
+    assert manifest["graphs"]["vae_decoder_tail"]["inputs"][0]["shape"] == [2, 4, 32, 32]
+    assert manifest["graphs"]["vae_encoder"]["inputs"][0]["shape"] == [1, 3, 32, 32]  # one image per call
