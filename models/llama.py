@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-from mindspore import Tensor, nn, ops
+from mindspore import Parameter, Tensor, nn, ops
 
 from .layers import FP32, Linear, get_activation, scaled_dot_product_attention
 from .loading import register
@@ -160,8 +160,6 @@ class LlamaRMSNorm(nn.Cell):
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
-        from mindspore import Parameter
-
         self.eps = eps
         self.weight = Parameter(Tensor(np.ones(dim, np.float32)), name="weight")
 

@@ -49,7 +49,8 @@ def test_llama_hidden_states_with_padding_mask(tmp_path):
                      output_hidden_states=True).hidden_states
         unmasked = ref(torch.tensor(ids, dtype=torch.long), output_hidden_states=True).hidden_states
     assert len(hidden) == 4
-    # the mask matters for the short prompt's valid tokens' later layers... and [-3] is not the embeddings
+    # with right padding the mask changes only the padded rows (causal attention already hides the
+    # pads from the valid rows); hidden_states[-3] is a layer's output, not the embeddings
     assert rel_l2(unmasked[-3][0, :5], hidden[-3][0, :5]) < 1e-6  # causal: valid rows never see the right pads
     assert rel_l2(unmasked[-3][0, 5:], hidden[-3][0, 5:]) > 1e-2  # padded rows do differ
     assert rel_l2(hidden[-3].numpy(), hidden[0].numpy()) > 1e-2
