@@ -121,6 +121,8 @@ def exports(snapshots, tmp_path_factory):
             width=width, **quiet)
     out["i2v"] = export_model(str(snapshots["090"][0]), str(root / "i2v"), frames=9, height=32, width=32,
                               image_to_video=True, **quiet)
+    out["batch2"] = export_model(str(snapshots["090"][0]), str(root / "batch2"), frames=9, height=32, width=32,
+                                 batch=2, **quiet)
     out["091"] = export_model(str(snapshots["091"][0]), str(root / "091"), frames=9, height=32, width=32, **quiet)
     return out
 
@@ -189,6 +191,20 @@ def test_t2v_on_the_image_to_video_export_matches_diffusers(snapshots, exports, 
     expected = ref(latents=torch.tensor(latents), **kwargs).frames
     got = ours(latents=latents, seed=15, **kwargs).frames
     _compare("t2v on the i2v export, no cfg", got, expected)
+
+
+def test_t2v_batch_of_two_prompts_matches_diffusers(snapshots, exports, monkeypatch):
+    """Two prompts of different lengths (each row its own text mask) and two negative prompts."""
+    _, ref = snapshots["090"]
+    ours = load_pipeline(exports["batch2"], backend="mindspore")
+    latents = np.concatenate([_packed_latents(9, 32, 32, seed=5), _packed_latents(9, 32, 32, seed=6)])
+    kwargs = dict(COMMON, prompt=[PROMPT, "a red car"], negative_prompt=[NEGATIVE, "night"], num_frames=9, height=32,
+                  width=32, guidance_scale=3.0)
+    shared_noise(monkeypatch, seed=16)
+    expected = ref(latents=torch.tensor(latents), **kwargs).frames
+    got = ours(latents=latents, seed=16, **kwargs).frames
+    assert got.shape == (2, 9, 32, 32, 3)
+    _compare("t2v batch 2", got, expected)
 
 
 def test_091_vae_timestep_conditioning_and_noise_matches_diffusers(snapshots, exports, monkeypatch):
