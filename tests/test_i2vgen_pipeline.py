@@ -247,3 +247,36 @@ def test_manifest_declares_the_step_graph(exports):
     assert manifest["graphs"]["vae_decoder"]["inputs"][0]["shape"] == [4, 4, 32, 32]
     assert manifest["graphs"]["vae_decoder_tail"]["inputs"][0]["shape"] == [2, 4, 32, 32]
     assert manifest["graphs"]["vae_encoder"]["inputs"][0]["shape"] == [1, 3, 32, 32]  # one image per call
+
+
+def test_preset_plans_the_full_size_graphs_and_its_scheduler_matches_diffusers():
+    """The i2vgen-xl preset (real configs) at diffusers' defaults, 16 frames at 704x1280 (88x160 latents,
+    so the context pool averages uneven bins), planned without building a network; its DDIM config
+    (v-prediction, cosine betas rescaled to zero terminal SNR) gives diffusers' timesteps and steps."""
+    from diffusers import DDIMScheduler
+
+    from video_aot.runtime.schedulers import make_scheduler
+
+    manifest = export_model("i2vgen-xl", "unused", frames=16, height=704, width=1280, random_weights=True,
+                            dry_run=True, log=lambda *a: None)
+    assert manifest["pipeline"] == "I2VGenXLPipeline" and manifest["family"] == "i2vgen"
+    unet = {t["name"]: t["shape"] for t in manifest["graphs"]["unet"]["inputs"]}
+    assert unet["sample"] == [1, 4, 16, 88, 160] and unet["encoder_hidden_states"] == [2, 77, 1024]
+    assert unet["image_embeddings"] == [2, 1, 1024]
+    assert manifest["graphs"]["text_encoder"]["outputs"][0]["shape"] == [1, 25, 77, 1024]  # 24 layers + embeddings
+    assert manifest["graphs"]["image_encoder"]["inputs"][0]["shape"] == [1, 3, 224, 224]
+    assert manifest["shapes"]["decode_chunk_size"] == 1 and "vae_decoder_tail" not in manifest["graphs"]
+
+    config = manifest["scheduler"]
+    sched = make_scheduler(config)
+    plan = sched.set_timesteps(50)
+    ref = DDIMScheduler.from_config(config)
+    ref.set_timesteps(50)
+    assert np.array_equal(np.asarray(plan.timesteps), ref.timesteps.numpy())
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    out = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    for i in (0, 25, 49):
+        ours, _ = sched.step(plan, i, x, out, None)
+        theirs = ref.step(torch.from_numpy(out), ref.timesteps[i], torch.from_numpy(x)).prev_sample.numpy()
+        assert rel_l2(ours, theirs) < 1e-5, i
