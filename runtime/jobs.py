@@ -8,11 +8,15 @@ Layout under the data dir::
     jobs/<id>/result.<fmt>    the video, renamed into place before the record says "succeeded"
 
 A record is written to a temporary file, fsynced and renamed over the old one, then the folder
-is fsynced: a reader sees the old record or the new one, never half of one.
+is fsynced: a reader sees the old record or the new one, never half of one. Temporary files
+start with a dot; those a crash left behind are removed when the store starts again. A record
+that cannot be read or lacks a field is moved to ``quarantine/<id>`` next to ``jobs/``, with a
+warning, and the store starts without it.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -22,10 +26,36 @@ import uuid
 from collections import deque
 from pathlib import Path
 
+log = logging.getLogger("video_aot.serve")
+
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 RECORD = "job.json"
+# the fields of a record and the types recovery checks; submit() writes all of them
+RECORD_FIELDS = {
+    "id": str, "seq": int, "model": str, "state": str, "params": dict, "inputs": list, "output_format": str,
+    "total_steps": int, "created_at": (int, float), "started_at": (int, float, type(None)),
+    "finished_at": (int, float, type(None)), "attempts": int, "error": (str, type(None)), "result": (str, type(None)),
+}
+
+
+def record_problem(job, folder_name: str) -> str | None:
+    """Why a record read from disk cannot be used, or None when it can."""
+    if not isinstance(job, dict):
+        return f"the record is a JSON {type(job).__name__}, not an object"
+    missing = [k for k in RECORD_FIELDS if k not in job]
+    if missing:
+        return f"the record lacks {missing}"
+    wrong = [k for k, kind in RECORD_FIELDS.items() if not isinstance(job[k], kind) or
+             (isinstance(job[k], bool) and kind is int)]
+    if wrong:
+        return f"the record has fields of the wrong type: {wrong}"
+    if job["id"] != folder_name:
+        return f"the record's id {job['id'][:40]!r} is not its folder's name"
+    if job["state"] not in STATES:
+        return f"unknown state {job['state'][:40]!r}"
+    return None
 
 
 def _fsync_dir(path: Path):
@@ -81,18 +111,25 @@ class JobStore:
         was running when the process died is queued again (it fails after ``max_attempts`` starts,
         so a job that crashes the process cannot crash it forever)."""
         found = []
-        for folder in self.root.iterdir():
+        counts = {"requeued": 0, "resumed": 0, "gave_up": 0, "finished": 0, "quarantined": 0, "orphans": 0}
+        for folder in sorted(self.root.iterdir()):
             record = folder / RECORD
             if not (folder.is_dir() and JOB_ID.match(folder.name)):
                 continue
             if not record.is_file():  # accepted never completed: the 202 was not sent
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
+            counts["orphans"] += self._remove_orphans(folder)
             try:
-                found.append(json.loads(record.read_text()))
-            except (OSError, ValueError):
+                job = json.loads(record.read_text())
+                problem = record_problem(job, folder.name)
+            except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON
+                problem = f"the record cannot be read: {type(err).__name__}: {err}"
+            if problem is not None:
+                self._quarantine(folder, problem)
+                counts["quarantined"] += 1
                 continue
-        counts = {"requeued": 0, "resumed": 0, "gave_up": 0, "finished": 0}
+            found.append(job)
         for job in sorted(found, key=lambda j: j["seq"]):
             self._seq = max(self._seq, job["seq"])
             if job.get("expired"):
@@ -113,6 +150,31 @@ class JobStore:
             elif job["state"] in FINISHED:
                 counts["finished"] += 1
         return counts
+
+    @staticmethod
+    def _remove_orphans(folder: Path) -> int:
+        """Delete the temporary files a crash left in a job folder (``.result.*.mp4`` from a video
+        write, ``.job.json.tmp-*`` from a record write): every dot-file. Returns how many."""
+        removed = 0
+        for path in folder.iterdir():
+            if path.name.startswith(".") and path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def _quarantine(self, folder: Path, problem: str):
+        """Move a job folder whose record cannot be used out of ``jobs/``, keeping it for a person to
+        look at; the store starts without it."""
+        target = self.root.parent / "quarantine" / folder.name
+        target.parent.mkdir(exist_ok=True)
+        if target.exists():
+            target = target.with_name(f"{folder.name}-{time.time_ns()}")
+        try:
+            os.replace(folder, target)
+        except OSError as err:
+            log.warning("job %s: %s; moving it to %s failed (%s), so it is skipped", folder.name, problem, target, err)
+            return
+        log.warning("job %s: %s; moved it to %s and started without it", folder.name, problem, target)
 
     # ------------------------------------------------------------------ submit / read
     def submit(self, model: str, params: dict, files: dict, output_format: str, total_steps: int) -> dict | None:

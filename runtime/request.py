@@ -8,6 +8,7 @@ A family steers it with class attributes of its pipeline (see ``ExportedPipeline
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,9 @@ REQUEST_LIMITS = {
     "eta": (0.0, 1.0),
     "strength": (0.0, 1.0),
 }
+
+# An integer argument without a range of its own must still fit the int64 the graphs and numpy take.
+INT64_RANGE = (-(2**63), 2**63 - 1)
 
 _JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string"}
 
@@ -125,6 +129,19 @@ def request_schema(pipeline) -> dict:
     return schema
 
 
+def narrow(schema: dict, limits: dict | None) -> dict:
+    """A copy of ``schema`` whose numeric ranges are cut to ``limits`` (name -> (minimum, maximum)):
+    one range per argument, so that every message about it names the same bounds."""
+    out = {name: dict(spec) for name, spec in schema.items()}
+    for name, (low, high) in (limits or {}).items():
+        spec = out.get(name)
+        if spec is None or spec["type"] not in ("integer", "number"):
+            continue
+        spec["minimum"] = low if spec.get("minimum") is None else max(spec["minimum"], low)
+        spec["maximum"] = high if spec.get("maximum") is None else min(spec["maximum"], high)
+    return out
+
+
 def _check_value(name: str, value, spec: dict):
     kind = spec["type"]
     if kind == "image":
@@ -134,28 +151,42 @@ def _check_value(name: str, value, spec: dict):
             raise RequestInvalid(name, f"{name} must be a string, got {type(value).__name__}")
     elif kind == "boolean":
         if not isinstance(value, bool):
-            raise RequestInvalid(name, f"{name} must be true or false, got {value!r}", [True, False])
+            raise RequestInvalid(name, f"{name} must be true or false, got {_short(value)}", [True, False])
     else:
         number = (int, float, np.integer, np.floating)
         if isinstance(value, bool) or not isinstance(value, number):
-            raise RequestInvalid(name, f"{name} must be a number, got {value!r}")
-        if not np.isfinite(value):
-            raise RequestInvalid(name, f"{name} must be a finite number, got {value!r}")
+            raise RequestInvalid(name, f"{name} must be a number, got {_short(value)}")
+        # a JSON integer has any size: compare it as an int (np.isfinite and float() fail on 10**400)
+        if not isinstance(value, (int, np.integer)) and not math.isfinite(value):
+            raise RequestInvalid(name, f"{name} must be a finite number, got {_short(value)}")
         if kind == "integer" and int(value) != value:
-            raise RequestInvalid(name, f"{name} must be an integer, got {value!r}")
+            raise RequestInvalid(name, f"{name} must be an integer, got {_short(value)}")
     if "enum" in spec and value not in spec["enum"]:
-        raise RequestInvalid(name, f"{name}={value!r} is not available; allowed: {spec['enum']}", spec["enum"])
+        raise RequestInvalid(name, f"{name}={_short(value)} is not available; allowed: {spec['enum']}", spec["enum"])
     low, high = spec.get("minimum"), spec.get("maximum")
+    if kind == "integer":
+        low = INT64_RANGE[0] if low is None else low
+        high = INT64_RANGE[1] if high is None else high
+    elif kind == "number" and isinstance(value, (int, np.integer)) and (low is None or high is None):
+        low = -float(np.finfo(np.float64).max) if low is None else low
+        high = float(np.finfo(np.float64).max) if high is None else high
     if (low is not None and value < low) or (high is not None and value > high):
-        raise RequestInvalid(name, f"{name}={value!r} is out of range; allowed: {low} to {high}",
+        raise RequestInvalid(name, f"{name}={_short(value)} is out of range; allowed: {low} to {high}",
                              {"minimum": low, "maximum": high})
 
 
-def validate_request(pipeline, request: dict) -> dict:
+def _short(value) -> str:
+    """repr of a client's value, cut to a readable length (a JSON integer may have 4000 digits)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
+def validate_request(pipeline, request: dict, limits: dict | None = None) -> dict:
     """Check ``request`` (argument name -> value; images already decoded) against the schema and
     the pipeline's cheap checks, before any graph runs. Returns the keyword arguments for
-    ``pipeline(**kwargs)``; raises RequestInvalid naming the field and the allowed values."""
-    schema = pipeline.request_schema()
+    ``pipeline(**kwargs)``; raises RequestInvalid naming the field and the allowed values.
+    ``limits`` (name -> (minimum, maximum)) narrows the schema's ranges, e.g. a server's step limit."""
+    schema = narrow(pipeline.request_schema(), limits)
     unknown = sorted(set(request) - set(schema))
     if unknown:
         raise RequestInvalid(unknown[0], f"unknown field {unknown[0]!r}; a {pipeline.family} export takes "

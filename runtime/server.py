@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import signal
 import sys
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 
 log = logging.getLogger("video_aot.serve")
 
@@ -61,6 +62,7 @@ class Settings:
     check_sums: bool = True
     warmup: bool = True
     api_keys: list = field(default_factory=list)
+    allowed_hosts: list = field(default_factory=list)  # Host header names accepted besides loopback and --host
 
 
 class ApiError(Exception):
@@ -105,6 +107,7 @@ class Model:
         self.manifest = read_manifest(self.path)  # fails early on a folder that is no export
         self.pipeline = None
         self.schema: dict | None = None
+        self.limits: dict = {}  # the server's narrower ranges (--max-steps)
         self.call_args: set = set()
 
     def describe(self) -> dict:
@@ -123,6 +126,11 @@ class Service:
         from .jobs import JobStore
         from .metrics import Metrics
 
+        from .request import REQUEST_LIMITS
+
+        low, high = REQUEST_LIMITS["num_inference_steps"]
+        if not low <= settings.max_steps <= high:
+            raise ValueError(f"--max-steps must be {low} to {high}, got {settings.max_steps}")
         self.settings = settings
         self.models = {name: Model(name, path) for name, path in settings.exports}
         for model in self.models.values():
@@ -178,6 +186,7 @@ class Service:
     # ------------------------------------------------------------------ the device worker
     def _load(self):
         from . import load_pipeline
+        from .request import narrow
 
         for model in self.models.values():
             start = time.perf_counter()
@@ -193,10 +202,10 @@ class Service:
                 log.info("%s: warm-up call (%s)", model.name, ", ".join(sorted(kwargs)))
                 pipe(**kwargs)
                 pipe.timings.clear()
-            steps = schema.get("num_inference_steps")
-            if steps is not None:  # this server's own limit, so that /v1/models shows what it accepts
-                steps["maximum"] = min(steps.get("maximum", self.settings.max_steps), self.settings.max_steps)
-            model.pipeline, model.schema = pipe, schema
+            # this server's own step limit narrows the family's: one range, shown by /v1/models and
+            # named by every refusal
+            model.limits = {"num_inference_steps": (1, self.settings.max_steps)}
+            model.pipeline, model.schema = pipe, narrow(schema, model.limits)
             seconds = time.perf_counter() - start
             self.metrics.observe("video_aot_warmup_seconds", seconds, {"model": model.name})
             log.info("%s (%s) loaded and warmed up in %.1f s", model.name, pipe.family, seconds)
@@ -316,8 +325,12 @@ class Service:
             raise
         except Image.DecompressionBombError as err:  # PIL's own guard, past 2 * Image.MAX_IMAGE_PIXELS
             raise ApiError(413, f"{name}: {err}", name, {"max_pixels": cap}) from err
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise ApiError(400, f"{name} is not a decodable image: {err}", name) from err
+        except UnidentifiedImageError as err:
+            raise ApiError(400, f"{name}: the decoded base64 ({len(raw)} bytes) is no image format Pillow reads "
+                                "(PNG, JPEG, WebP, ...)", name) from err
+        except (OSError, ValueError) as err:  # a truncated or corrupt image; PIL names the stream by its repr
+            reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the image", str(err))
+            raise ApiError(400, f"{name} is not a decodable image: {reason}", name) from err
         png = io.BytesIO()
         rgb.save(png, format="PNG")
         return rgb, png.getvalue()
@@ -342,14 +355,10 @@ class Service:
         for key, spec in model.schema.items():
             if spec["type"] == "image" and request.get(key) is not None:
                 request[key], files[key] = self.decode_image(key, request[key])
-        steps = request.get("num_inference_steps")
-        if (isinstance(steps, int) and not isinstance(steps, bool) and steps > self.settings.max_steps):
-            raise ApiError(422, f"num_inference_steps={steps} is above this server's limit {self.settings.max_steps}",
-                           "num_inference_steps", {"minimum": 1, "maximum": self.settings.max_steps})
-        from .request import RequestInvalid
+        from .request import RequestInvalid, validate_request
 
         try:
-            kwargs = model.pipeline.validate_request(request)
+            kwargs = validate_request(model.pipeline, request, model.limits)
         except RequestInvalid as err:
             raise ApiError(422, str(err), err.field, err.allowed) from err
         except ValueError as err:  # ShapeMismatch or a family's own check
@@ -380,7 +389,7 @@ class Service:
             out["queue_position"] = job.get("queue_position")
         if job["state"] == "running":
             out["progress"] = {"step": job.get("step", 0), "total": job["total_steps"]}
-        if job["state"] == "succeeded":
+        if job["state"] == "succeeded" and not job.get("expired"):
             out["content_url"] = f"/{API_VERSION}/videos/{job['id']}/content"
         if job.get("expired"):
             out["expired"] = True
@@ -424,6 +433,79 @@ class AuthMiddleware:
         await response(scope, receive, send)
 
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port: "example.com:8000" -> "example.com",
+    "[::1]:8000" -> "::1"."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
+
+
+def is_ip_literal(name: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class HostCheckMiddleware:
+    """Answers 421 to a request whose Host header is not a name this server was started for: the
+    loopback names, the bound --host and every --allowed-host. A page on another site that rebinds
+    its own DNS name to 127.0.0.1 (DNS rebinding) sends its own name, and is refused. Bound to a
+    wildcard address (0.0.0.0, ::), any IP address is also accepted, as an address cannot rebind."""
+
+    def __init__(self, app, names, any_ip: bool):
+        self.app = app
+        self.names = {host_name(n) if n.startswith("[") else n.lower() for n in names}
+        self.any_ip = any_ip
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        header = dict(scope["headers"]).get(b"host")
+        if header is None:  # HTTP/1.0 without Host: no browser sends that
+            return await self.app(scope, receive, send)
+        raw = header.decode("latin-1")
+        name = host_name(raw)
+        if name in self.names or (self.any_ip and is_ip_literal(name)):
+            return await self.app(scope, receive, send)
+        shown = raw if len(raw) <= 80 else raw[:80] + "..."
+        response = JSONResponse({"error": {
+            "message": f"Host header {shown!r} is not a name this server answers to (a guard against DNS "
+                       f"rebinding); allowed: {sorted(self.names)}. Start serve-model with --allowed-host NAME "
+                       f"to add a name.", "allowed": sorted(self.names)}}, status_code=421)
+        await response(scope, receive, send)
+
+
+def docs_page(app) -> str:
+    """/docs without a CDN: the operations of the OpenAPI description as a plain page. (FastAPI's
+    Swagger UI page loads its scripts from a CDN, so it is blank offline, and no installed package
+    ships the Swagger UI assets.)"""
+    import html
+
+    rows = []
+    for path, methods in app.openapi()["paths"].items():
+        for method, op in methods.items():
+            rows.append(f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
+                        f"<td>{html.escape(op.get('summary', ''))}</td></tr>")
+    return ("<!doctype html><html><head><meta charset=\"utf-8\"><title>video-aot serve-model API</title></head><body>"
+            "<h1>video-aot serve-model API</h1>"
+            "<p>The full description is <a href=\"/openapi.json\">/openapi.json</a> (OpenAPI 3). Load it into any "
+            "OpenAPI viewer or client generator; this server ships no Swagger UI, so that this page works offline "
+            "and loads nothing from other sites. <code>GET /v1/models</code> lists each model's parameters with "
+            "their types, defaults, ranges and exported shapes.</p>"
+            "<table border=\"1\" cellpadding=\"4\"><tr><th>method</th><th>path</th><th>what</th></tr>"
+            + "".join(rows) + "</table></body></html>")
+
+
 def create_app(service: Service):
     @asynccontextmanager
     async def lifespan(app):
@@ -431,16 +513,24 @@ def create_app(service: Service):
         yield
         service.stop()
 
-    app = FastAPI(title="video-aot serve-model", version=API_VERSION, lifespan=lifespan,
+    app = FastAPI(title="video-aot serve-model", version=API_VERSION, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Exported video diffusion models behind a bounded job queue. "
                               "Submit with POST /v1/videos, poll GET /v1/videos/{id}, "
                               "download GET /v1/videos/{id}/content.")
     if service.settings.api_keys:
         app.add_middleware(AuthMiddleware, keys=service.settings.api_keys)
+    settings = service.settings
+    app.add_middleware(HostCheckMiddleware, names=(*LOOPBACK_NAMES, settings.host, *settings.allowed_hosts),
+                       any_ip=settings.host in WILDCARD_HOSTS)
 
     @app.middleware("http")
     async def count_responses(request: Request, call_next):
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as err:  # a bug: answer and count a 500 instead of dropping the connection
+            log.exception("%s %s failed", request.method, request.url.path)
+            response = JSONResponse({"error": {"message": f"internal server error ({type(err).__name__}); "
+                                                          "the server log has the details"}}, status_code=500)
         service.metrics.inc("video_aot_http_responses_total", {"code": response.status_code})
         return response
 
@@ -451,8 +541,13 @@ def create_app(service: Service):
     def job_or_404(job_id: str) -> dict:
         job = service.store.get(job_id) if len(job_id) == 32 else None
         if job is None:
-            raise ApiError(404, f"no job {job_id!r}")
+            shown = repr(job_id) if len(job_id) <= 40 else f"{job_id[:32]!r}... ({len(job_id)} characters)"
+            raise ApiError(404, f"no job {shown}; job ids are 32 hexadecimal characters")
         return job
+
+    @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
+    def docs():
+        return HTMLResponse(docs_page(app))
 
     @app.get("/healthz", tags=["operations"], summary="Liveness: the process answers.")
     def healthz():
@@ -480,9 +575,16 @@ def create_app(service: Service):
               responses={202: {"description": "accepted; poll GET /v1/videos/{id}"},
                          400: {"description": "malformed JSON or base64"}, 401: {"description": "bad token"},
                          413: {"description": "body or image too large"},
+                         415: {"description": "the body is not Content-Type: application/json"},
+                         421: {"description": "the Host header is not a name of this server"},
                          422: {"description": "the request does not fit the model; names field and allowed values"},
                          429: {"description": "queue full; see Retry-After"}, 503: {"description": "still loading"}})
     async def create_video(request: Request):
+        # JSON only: a form or text/plain POST from any web page needs no CORS preflight
+        media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media_type != "application/json":
+            raise ApiError(415, f"the request body must be JSON with Content-Type: application/json, got "
+                                f"{media_type[:80] or 'no Content-Type'!r}", allowed=["application/json"])
         declared = request.headers.get("content-length")
         cap = service.settings.max_body_bytes
         if declared is not None and declared.isdigit() and int(declared) > cap:
@@ -544,7 +646,7 @@ def request_body_doc(service: Service) -> dict:
         "prompt": {"type": "string", "description": "for text-to-video models"},
         "negative_prompt": {"type": "string"},
         "num_inference_steps": {"type": "integer", "minimum": 1, "maximum": service.settings.max_steps},
-        "seed": {"type": "integer", "minimum": 0},
+        "seed": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
     }
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": {
         "type": "object", "required": ["model"], "properties": properties, "additionalProperties": True,
@@ -564,8 +666,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep-hours", type=float, default=24.0, help="delete results older than this")
     parser.add_argument("--api-key-file", help="file of bearer tokens, one a line; every endpoint but /healthz needs one")
     parser.add_argument("--max-body-mb", type=float, default=16.0, help="request body limit")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="a Host header name to accept besides 127.0.0.1, localhost, [::1] and --host "
+                             "(repeatable; other names answer 421, against DNS rebinding)")
     parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="decoded image limit (width*height)")
-    parser.add_argument("--max-steps", type=int, default=100, help="num_inference_steps limit")
+    parser.add_argument("--max-steps", type=int, default=100, help="num_inference_steps limit, 1 to 500")
     parser.add_argument("--backend", default=None, choices=("mindspore", "lite"))
     parser.add_argument("--no-check-sums", action="store_true", help="skip the sha256 check of the graphs at start")
     parser.add_argument("--log-level", default="info")
@@ -585,22 +690,56 @@ def main(argv=None) -> int:
             max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_image_pixels=args.max_image_pixels,
             max_steps=args.max_steps, backend=args.backend, check_sums=not args.no_check_sums,
             api_keys=read_api_keys(args.api_key_file) if args.api_key_file else [],
+            allowed_hosts=args.allowed_host,
         )
-        service = Service(settings)
     except (ValueError, RuntimeError, OSError) as err:
         print(f"serve-model: error: {err}", file=sys.stderr)
         return 2
+    # listen first: a port in use fails here, in a second, not after the models have loaded
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as err:
+        print(f"serve-model: error: cannot listen on {args.host}:{args.port}: {err.strerror or err}. "
+              f"Is another server running there? Pick another --port.", file=sys.stderr)
+        return 2
+    try:
+        service = Service(settings)
+    except (ValueError, RuntimeError, OSError) as err:
+        sock.close()
+        print(f"serve-model: error: {err}", file=sys.stderr)
+        return 2
+    from . import image
+
+    image.MAX_IMAGE_PIXELS = settings.max_image_pixels  # the pipelines' own cap (runtime/image.py) follows the server's
     if args.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys:
         log.warning("listening on %s without --api-key-file: anyone who can reach the port can submit jobs", args.host)
     recovered = service.store.recovered
-    log.info("data dir %s: %d queued again (%d were running), %d finished results", settings.data_dir,
-             recovered["requeued"], recovered["resumed"], recovered["finished"])
+    log.info("data dir %s: %d queued again (%d were running), %d finished results, %d temporary files of "
+             "interrupted writes removed, %d unreadable records quarantined", settings.data_dir, recovered["requeued"],
+             recovered["resumed"], recovered["finished"], recovered["orphans"], recovered["quarantined"])
     import uvicorn
 
     service.exit_on_load_error = True
-    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=10)
+    config = uvicorn.Config(create_app(service), host=args.host, port=args.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=10)
+    uvicorn.Server(config).run(sockets=[sock])
     return 1 if service.load_error else 0
+
+
+def bind_socket(host: str, port: int):
+    """A TCP socket bound to (host, port), as uvicorn binds one (IPv6 for an address with a colon)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 if __name__ == "__main__":
