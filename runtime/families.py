@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 # runtime/<module>.py files that declare a FAMILY; adding a family adds one name here
-REGISTERED = ("svd", "t2v", "cogvideox", "i2vgen", "mochi", "ltx")
+REGISTERED = ("svd", "t2v", "cogvideox", "i2vgen", "mochi", "ltx", "hunyuan_video", "animatediff", "text2video_zero")
 
 
 @dataclass(frozen=True)
