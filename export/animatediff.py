@@ -1,0 +1,198 @@
+"""AnimateDiff (diffusers' AnimateDiffPipeline and AnimateDiffVideoToVideoPipeline): an SD 1.x UNet
+with motion modules (models/animatediff.py UNetMotionModel), CLIP text and an AutoencoderKL - which
+graphs, with which static shapes, built from which snapshot components.
+
+Two snapshot layouts export:
+  (a) ``unet/`` is a saved UNetMotionModel (what AnimateDiffPipeline.save_pretrained writes);
+  (b) ``unet/`` is the SD 1.5 base's UNet2DConditionModel and ``motion_adapter/`` a MotionAdapter
+      (an SD 1.5 checkpoint plus guoyww/animatediff-motion-adapter-*, as the presets are laid out).
+
+Graphs (B = batch of videos, F = frames <= motion_max_seq_length, C = latent channels, h/w = latent
+size, K = VAE chunk, N = token length (77), L = text encoder layers, D = text hidden size):
+  text_encoder   input_ids[B,N] int32 (+ attention_mask[B,N] when the config sets use_attention_mask)
+                                                   -> prompt_embeds[B,L+1,N,D]
+                 index k is diffusers' encode_prompt output for clip_skip=k (k = 0: last_hidden_state),
+                 so clip_skip stays a call argument (export/t2v.py TextEncode).
+  unet           sample[B,C,F,h,w] timestep[1] encoder_hidden_states[2B*F,N,D] guidance_scale[1]
+                                                   -> noise_pred[B,C,F,h,w]
+                 one denoising step; the classifier-free-guidance pair is one batch of 2B videos
+                 (unconditional first), combined inside the graph. The text embeddings are per frame
+                 (diffusers repeat_interleaves them over the frames), which keeps the graph ready for
+                 FreeNoise's per-frame prompts. Without guidance the runtime feeds the conditional half
+                 twice with scale 1, which returns the conditional prediction exactly.
+  vae_decoder    latents[K,C,h,w]                  -> frames[K,3,H,W]   (1/scaling_factor inside)
+  vae_encoder    frames[K,3,H,W] in [-1, 1]        -> mean[K,C,h,w], std[K,C,h,w] (video-to-video; the
+                 runtime draws latent_dist.sample with its own generator)
+  vae_decoder_tail / vae_encoder_tail: the same for the last (B*F mod K) frames
+
+One export serves both pipelines: load_pipeline(..., pipeline="video2video") picks the other one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from mindspore import nn, ops
+
+from video_aot.models.loading import read_json
+
+from .components import Components
+from .graphs import GraphSpec, TensorSpec, VaeDecode, relax_tolerance
+from .t2v import TOKENIZER_FILES, TextEncode, VaeEncode
+
+TOKENIZER_USABLE = ("tokenizer.json", ("vocab.json", "merges.txt"))
+DEFAULT_MAX_SEQ = 32  # diffusers' MotionAdapter / UNetMotionModel default motion_max_seq_length
+
+
+# ----------------------------------------------------------------------------- wrapper cells
+class MotionUNetStep(nn.Cell):
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def construct(self, sample, timestep, encoder_hidden_states, guidance_scale):
+        # sample: [B, C, F, h, w] (already scaled by the scheduler); encoder_hidden_states: [2B*F, N, D],
+        # per frame, the unconditional videos first; guidance_scale: [1]
+        b = sample.shape[0]
+        noise = self.unet(ops.cat((sample, sample), 0), timestep, encoder_hidden_states)  # [2B, C, F, h, w]
+        uncond, text = noise[:b], noise[b:]
+        return uncond + guidance_scale * (text - uncond)
+
+
+# ----------------------------------------------------------------------------- helpers
+def motion_layout(comps: Components) -> tuple:
+    """("unet_motion", unet config) for layout (a); ("unet_adapter", adapter config) for layout (b)."""
+    unet_cfg = comps.config("unet")
+    if unet_cfg.get("_class_name") == "UNetMotionModel":
+        return "unet_motion", unet_cfg
+    if not (comps.snapshot / "motion_adapter" / "config.json").is_file():
+        raise ValueError(f"{comps.snapshot}: unet/ is a {unet_cfg.get('_class_name')!r}, not a UNetMotionModel, and "
+                         "there is no motion_adapter/ folder; an AnimateDiff snapshot needs either a saved "
+                         "UNetMotionModel in unet/ or an SD 1.x UNet2DConditionModel plus a MotionAdapter")
+    return "unet_adapter", comps.config("motion_adapter")
+
+
+def load_motion_unet(comps: Components, frames: int):
+    from video_aot.models.animatediff import load_unet_motion
+
+    kind, _ = motion_layout(comps)
+    if kind == "unet_motion":
+        return comps.load("unet", num_frames=frames)
+    cell, _ = load_unet_motion(comps.folder("unet"), comps.folder("motion_adapter"), variant=comps.variant,
+                               dtype=comps.dtype, random_weights=comps.weights is None, num_frames=frames)
+    return cell
+
+
+# ----------------------------------------------------------------------------- plan
+def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: int, batch: int = 1,
+         dtype: str = "fp32", decode_chunk_size: int | None = None, variant: str | None = None):
+    """(graphs, manifest fields) for an AnimateDiffPipeline / AnimateDiffVideoToVideoPipeline export.
+    ``decode_chunk_size`` defaults to diffusers' 16 (capped at batch x frames; the 2-D VAE decodes every
+    frame on its own, so the chunk changes memory, not the frames)."""
+    comps = Components(snapshot, weights, variant, dtype)
+    index = read_json(snapshot / "model_index.json")
+    pipeline = index["_class_name"]
+    configs = {name: comps.config(name) for name in ("unet", "vae", "text_encoder")}
+    kind, motion_cfg = motion_layout(comps)
+    if kind == "unet_adapter":
+        configs["motion_adapter"] = motion_cfg
+    max_seq = int(motion_cfg.get("motion_max_seq_length", DEFAULT_MAX_SEQ))
+    scheduler = read_json(snapshot / "scheduler" / "scheduler_config.json")
+    unet_cfg, vae_cfg, text_cfg = configs["unet"], configs["vae"], configs["text_encoder"]
+
+    # request shapes, checked as diffusers' check_inputs does (plus what the motion modules allow)
+    scale = 2 ** (len(vae_cfg.get("block_out_channels", (64,))) - 1)
+    if frames < 1 or batch < 1:
+        raise ValueError(f"frames ({frames}) and batch ({batch}) must be positive")
+    if frames > max_seq:
+        raise ValueError(f"num_frames={frames} exceeds the motion adapter's motion_max_seq_length={max_seq}: its "
+                         f"positional embeddings cover at most {max_seq} frames; export 1..{max_seq} frames")
+    if height % 8 or width % 8 or height % scale or width % scale or height < 8 or width < 8:
+        raise ValueError(f"`height` and `width` have to be divisible by 8 (and by the VAE factor {scale}) "
+                         f"but are {height} and {width}.")
+    total = batch * frames
+    chunk = 16 if decode_chunk_size is None else int(decode_chunk_size)
+    if chunk < 1:
+        raise ValueError(f"decode_chunk_size must be a positive number of frames, got {decode_chunk_size}")
+    chunk = min(chunk, total)
+
+    # component compatibility
+    latent = vae_cfg.get("latent_channels", 4)
+    if unet_cfg.get("in_channels", 4) != latent or unet_cfg.get("out_channels", 4) != latent:
+        raise ValueError(f"unet in/out channels ({unet_cfg.get('in_channels')}, {unet_cfg.get('out_channels')}) "
+                         f"must equal the VAE latent_channels {latent}")
+    cross = unet_cfg.get("cross_attention_dim", 1280)
+    hidden = text_cfg.get("hidden_size", 512)
+    if cross != hidden:
+        raise ValueError(f"unet cross_attention_dim {cross} must equal the text encoder hidden_size {hidden}")
+    num_layers = text_cfg.get("num_hidden_layers", 12)
+    use_mask = bool(text_cfg.get("use_attention_mask", False))
+
+    # tokenizer: copied into the export so that it is self-contained
+    tok_dir, assets, tokenizer = comps.tokenizer(TOKENIZER_FILES, TOKENIZER_USABLE, required="tokenizer" in index)
+    max_length = text_cfg.get("max_position_embeddings", 77)
+    if tokenizer is not None:
+        tok_cfg = read_json(tok_dir / "tokenizer_config.json") if (tok_dir / "tokenizer_config.json").is_file() else {}
+        max_length = int(tok_cfg.get("model_max_length", max_length))
+        tokenizer["model_max_length"] = max_length
+    if max_length > text_cfg.get("max_position_embeddings", 77):
+        raise ValueError(f"tokenizer model_max_length {max_length} exceeds the text encoder's "
+                         f"max_position_embeddings {text_cfg.get('max_position_embeddings')}")
+
+    h, w = height // scale, width // scale
+    scaling = float(vae_cfg.get("scaling_factor", 0.18215))
+
+    text_inputs = [TensorSpec("input_ids", (batch, max_length), "int32")]
+    if use_mask:
+        text_inputs.append(TensorSpec("attention_mask", (batch, max_length), "int32"))
+    graphs = [
+        (GraphSpec("text_encoder", tuple(text_inputs),
+                   (TensorSpec("prompt_embeds", (batch, num_layers + 1, max_length, hidden)),),
+                   dummy_overrides={"attention_mask": [[1] * max_length] * batch}),
+         lambda: TextEncode(comps.load("text_encoder"), use_mask)),
+        (GraphSpec("unet", (
+            TensorSpec("sample", (batch, latent, frames, h, w)),
+            TensorSpec("timestep", (1,)),
+            TensorSpec("encoder_hidden_states", (2 * batch * frames, max_length, hidden)),
+            TensorSpec("guidance_scale", (1,)),
+        ), (TensorSpec("noise_pred", (batch, latent, frames, h, w)),),
+            dummy_overrides={"timestep": [500.0], "guidance_scale": [7.5]}),
+         lambda: MotionUNetStep(load_motion_unet(comps, frames))),
+    ]
+
+    def decoder(name, k):
+        return (GraphSpec(name, (TensorSpec("latents", (k, latent, h, w)),),
+                          (TensorSpec("frames", (k, 3, height, width)),)),
+                lambda: VaeDecode(comps.load("vae"), scaling))
+
+    def encoder(name, k):
+        return (GraphSpec(name, (TensorSpec("frames", (k, 3, height, width)),),
+                          (TensorSpec("mean", (k, latent, h, w)), TensorSpec("std", (k, latent, h, w)))),
+                lambda: VaeEncode(comps.load("vae")))
+
+    graphs.append(decoder("vae_decoder", chunk))
+    if total % chunk:
+        graphs.append(decoder("vae_decoder_tail", total % chunk))
+    graphs.append(encoder("vae_encoder", chunk))
+    if total % chunk:
+        graphs.append(encoder("vae_encoder_tail", total % chunk))
+    relax_tolerance(graphs, dtype)
+
+    manifest = {
+        "pipeline": pipeline,
+        "dtype": dtype,
+        "shapes": {"batch": batch, "num_frames": frames, "height": height, "width": width,
+                   "decode_chunk_size": chunk},
+        "latent_shape": [latent, frames, h, w],  # one sample's latents, axes named by latent_layout
+        "latent_layout": "CFHW",
+        "vae_scale_factor": scale,
+        "vae_scaling_factor": scaling,
+        "motion_max_seq_length": max_seq,
+        "motion_layout": kind,
+        "scheduler": scheduler,
+        "text_encoder": {"num_hidden_layers": num_layers, "hidden_size": hidden, "max_length": max_length,
+                         "use_attention_mask": use_mask},
+        "tokenizer": tokenizer,
+        "components": configs,
+        "assets": assets,
+    }
+    return graphs, manifest

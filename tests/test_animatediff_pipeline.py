@@ -1,0 +1,276 @@
+"""AnimateDiff: the exported graphs and the runtime pipelines (AnimateDiffPipeline,
+AnimateDiffVideoToVideoPipeline, FreeInit) against diffusers.
+
+Two tiny snapshots, built from diffusers' AnimateDiff test components (tests/tiny_animatediff.py;
+weights perturbed, eval mode) and exported once each:
+  "mid"    AnimateDiffPipeline.save_pretrained: unet/ is a saved UNetMotionModel, the adapter has a
+           motion mid block (v1-5-2 style); 3 frames, 16x24 (non-square), VAE chunk 2 (a tail graph).
+  "no-mid" unet/ is the SD UNet2DConditionModel next to motion_adapter/ (the presets' layout) and the
+           adapter has no mid block (v1-5-3 style); 2 frames, 16x16.
+
+Noise: diffusers draws torch noise, the runtime numpy noise. Where diffusers draws noise itself (the
+VAE posterior sample, the video-to-video noise, FreeInit's fresh noise) the tests swap diffusers'
+``randn_tensor`` for draws from a numpy generator seeded like the runtime's, in the same order."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from tiny import rel_l2
+from tiny_animatediff import animatediff_unet, motion_adapter
+from tiny_t2v import clip_text, clip_tokenizer, vae, write_clip_tokenizer
+
+from video_aot.export.run import export_model
+from video_aot.runtime import ShapeMismatch, load_pipeline
+
+MAX_ABS = 1e-3  # on [0, 1] frames
+SHAPES = {
+    # name: (frames, height, width, decode_chunk_size)
+    "mid": (3, 16, 24, 2),
+    "no-mid": (2, 16, 16, None),
+}
+# the snapshot's scheduler: SD 1.5's DDIM-style config (scaled_linear, leading spacing)
+SD15_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                      set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon", num_train_timesteps=1000)
+# the AnimateDiff seed's DDIMScheduler.from_pretrained(..., **SEED_DDIM)
+SEED_DDIM = dict(clip_sample=False, timestep_spacing="linspace", beta_schedule="linear", steps_offset=1)
+PROMPT = "a panda playing a guitar on a boat"
+
+
+def _build(folder, seed, mid_block):
+    from diffusers import AnimateDiffPipeline, DDIMScheduler
+
+    tok_dir = write_clip_tokenizer(folder / "_tokenizer_src")
+    tokenizer = clip_tokenizer(tok_dir)
+    unet = animatediff_unet(seed)
+    adapter = motion_adapter(seed + 1, use_motion_mid_block=mid_block)
+    pipe = AnimateDiffPipeline(
+        vae=vae(seed + 2), text_encoder=clip_text(tokenizer, seed + 3, hidden_size=8, num_attention_heads=4),
+        tokenizer=tokenizer, unet=unet, motion_adapter=adapter, scheduler=DDIMScheduler(**SD15_SCHEDULER),
+        feature_extractor=None, image_encoder=None)
+    pipe.save_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, unet
+
+
+@pytest.fixture(scope="module")
+def snapshots(tmp_path_factory):
+    mid = tmp_path_factory.mktemp("ad-mid")
+    ref_mid, _ = _build(mid, 0, True)
+    no_mid = tmp_path_factory.mktemp("ad-no-mid")
+    ref_no_mid, unet2d = _build(no_mid, 10, False)
+    shutil.rmtree(no_mid / "unet")
+    unet2d.save_pretrained(no_mid / "unet")  # layout (b): the SD UNet + motion_adapter/
+    return {"mid": (mid, ref_mid), "no-mid": (no_mid, ref_no_mid)}
+
+
+@pytest.fixture(scope="module")
+def exports(snapshots, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ad-exports")
+    return {
+        name: export_model(str(snapshots[name][0]), str(root / name), frames=frames, height=height, width=width,
+                           decode_chunk_size=chunk, log=lambda *a: None)
+        for name, (frames, height, width, chunk) in SHAPES.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def pipes(exports):
+    return {name: load_pipeline(path, backend="mindspore") for name, path in exports.items()}
+
+
+@pytest.fixture(scope="module")
+def v2v(exports):
+    return load_pipeline(exports["mid"], backend="mindspore", pipeline="video2video")
+
+
+def _latents(name, seed=0):
+    frames, height, width, _ = SHAPES[name]
+    return np.random.default_rng(seed).standard_normal((1, 4, frames, height // 2, width // 2)).astype(np.float32)
+
+
+def _scheduler(ref, scheduler):
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    if scheduler == "seed-ddim":
+        return DDIMScheduler.from_config(ref.scheduler.config, **SEED_DDIM)
+    cls = {"dpm++": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler}[scheduler]
+    return cls.from_config(ref.scheduler.config)
+
+
+def _ours_scheduler(scheduler):
+    if scheduler == "seed-ddim":
+        return {"scheduler": "ddim", "scheduler_overrides": dict(SEED_DDIM)}
+    return {"scheduler": scheduler}
+
+
+def _numpy_noise(monkeypatch, seed):
+    """diffusers' randn_tensor -> float32 standard normals from np.random.default_rng(seed)."""
+    import diffusers.models.autoencoders.vae as vae_mod
+    import diffusers.pipelines.animatediff.pipeline_animatediff_video2video as v2v_mod
+    import diffusers.pipelines.free_init_utils as free_init_mod
+
+    rng = np.random.default_rng(seed)
+
+    def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
+        return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32)).to(dtype or torch.float32)
+
+    for mod in (vae_mod, v2v_mod, free_init_mod):
+        monkeypatch.setattr(mod, "randn_tensor", randn_tensor)
+
+
+def _reference(ref, scheduler, **kwargs):
+    from diffusers import AnimateDiffPipeline
+
+    pipe = AnimateDiffPipeline(**{**ref.components, "scheduler": _scheduler(ref, scheduler)})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _check(label, ours, expected):
+    assert ours.shape == expected.shape
+    err = float(np.abs(ours - expected).max())
+    print(f"{label}: max abs {err:.2e}, rel L2 {rel_l2(ours, expected):.2e}")
+    assert err <= MAX_ABS
+
+
+# ----------------------------------------------------------------------------- text-to-video parity
+CASES = {
+    # id: (export, scheduler, steps, guidance, negative_prompt)
+    "seed-ddim-negative": ("mid", "seed-ddim", 3, 7.5, "blurry, low quality"),
+    "dpm++": ("mid", "dpm++", 3, 6.0, None),
+    "euler": ("mid", "euler", 2, 7.5, "watermark"),
+    "no-mid-block-seed-ddim": ("no-mid", "seed-ddim", 2, 7.5, None),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_text_to_video_matches_diffusers(snapshots, pipes, case):
+    name, scheduler, steps, guidance, negative = CASES[case]
+    frames, height, width, _ = SHAPES[name]
+    latents = _latents(name)
+    ours = pipes[name](PROMPT, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
+                       latents=latents, output_type="np", **_ours_scheduler(scheduler)).frames
+    ref = _reference(snapshots[name][1], scheduler)
+    expected = ref(PROMPT, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
+                   num_frames=frames, height=height, width=width, latents=torch.from_numpy(latents),
+                   output_type="np").frames
+    assert ours.shape == (1, frames, height, width, 3)
+    _check(f"animatediff t2v {case}", ours, expected)
+
+
+# ----------------------------------------------------------------------------- video-to-video parity
+@pytest.mark.parametrize("strength", [0.5, 1.0])
+def test_video_to_video_matches_diffusers(snapshots, v2v, monkeypatch, strength):
+    from diffusers import AnimateDiffVideoToVideoPipeline
+
+    frames, height, width, _ = SHAPES["mid"]
+    _, ref = snapshots["mid"]
+    video = np.random.default_rng(7).random((frames, height, width, 3)).astype(np.float32)
+    ours = v2v(video=video, prompt=PROMPT, strength=strength, num_inference_steps=4, guidance_scale=7.5,
+               negative_prompt="blurry", seed=21, output_type="np", **_ours_scheduler("seed-ddim")).frames
+    _numpy_noise(monkeypatch, 21)
+    pipe = AnimateDiffVideoToVideoPipeline(**{**ref.components, "scheduler": _scheduler(ref, "seed-ddim")})
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(video=[video[i] for i in range(frames)], prompt=PROMPT, strength=strength, num_inference_steps=4,
+                    guidance_scale=7.5, negative_prompt="blurry", height=height, width=width,
+                    output_type="np").frames
+    _check(f"animatediff v2v strength={strength}", ours, expected)
+
+
+# ----------------------------------------------------------------------------- FreeInit parity
+@pytest.mark.parametrize("fast,method", [(False, "butterworth"), (True, "gaussian")])
+def test_free_init_matches_diffusers(snapshots, pipes, monkeypatch, fast, method):
+    frames, height, width, _ = SHAPES["mid"]
+    _, ref = snapshots["mid"]
+    latents = _latents("mid", seed=4)
+    options = dict(num_iters=2, use_fast_sampling=fast, method=method, order=4, spatial_stop_frequency=0.25,
+                   temporal_stop_frequency=0.25)
+    pipe = pipes["mid"]
+    pipe.enable_free_init(**options)
+    try:
+        ours = pipe(PROMPT, num_inference_steps=3, guidance_scale=7.5, latents=latents, seed=5, output_type="np",
+                    **_ours_scheduler("seed-ddim")).frames
+    finally:
+        pipe.disable_free_init()
+    _numpy_noise(monkeypatch, 5)
+    reference = _reference(ref, "seed-ddim")
+    reference.enable_free_init(**options)
+    expected = reference(PROMPT, num_inference_steps=3, guidance_scale=7.5, num_frames=frames, height=height,
+                         width=width, latents=torch.from_numpy(latents), output_type="np").frames
+    _check(f"animatediff FreeInit fast={fast} {method}", ours, expected)
+    # FreeInit changes the result (the comparison can fail)
+    plain = pipe(PROMPT, num_inference_steps=3, guidance_scale=7.5, latents=latents, output_type="np",
+                 **_ours_scheduler("seed-ddim")).frames
+    assert float(np.abs(plain - ours).max()) > 1e-2
+
+
+def test_free_init_filters_match_diffusers():
+    from diffusers.pipelines.free_init_utils import FreeInitMixin
+
+    from video_aot.runtime.free_init import apply_freq_filter, freq_filter
+
+    mixin = FreeInitMixin()
+    shape = (1, 4, 5, 6, 7)
+    rng = np.random.default_rng(0)
+    x, noise = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    for method, ds, dt in (("butterworth", 0.25, 0.25), ("gaussian", 0.4, 0.2), ("ideal", 0.3, 0.5),
+                           ("butterworth", 0.0, 0.25)):
+        expected = mixin._get_free_init_freq_filter(shape, "cpu", method, 4, ds, dt).numpy()
+        ours = freq_filter(shape, method, 4, ds, dt)
+        np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-7, err_msg=method)
+        mixed = mixin._apply_freq_filter(torch.from_numpy(x), torch.from_numpy(noise), torch.from_numpy(expected))
+        np.testing.assert_allclose(apply_freq_filter(x, noise, ours), mixed.numpy(), rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- export, limits, entry points
+def test_export_layouts_and_manifest(exports, pipes, v2v):
+    for name, layout in (("mid", "unet_motion"), ("no-mid", "unet_adapter")):
+        manifest = json.loads((exports[name] / "manifest.json").read_text())
+        assert manifest["family"] == "animatediff" and manifest["pipeline"] == "AnimateDiffPipeline"
+        assert manifest["motion_layout"] == layout and manifest["motion_max_seq_length"] == 8
+    manifest = json.loads((exports["mid"] / "manifest.json").read_text())
+    assert set(manifest["graphs"]) == {"text_encoder", "unet", "vae_decoder", "vae_decoder_tail", "vae_encoder",
+                                       "vae_encoder_tail"}
+    assert manifest["graphs"]["unet"]["inputs"][2]["shape"] == [2 * 3, 77, 8]  # per-frame text embeddings
+    assert type(pipes["mid"]).__name__ == "AnimateDiffPipeline"
+    assert type(v2v).__name__ == "AnimateDiffVideoToVideoPipeline"
+
+
+def test_num_frames_over_the_motion_limit_is_refused(snapshots, pipes, tmp_path):
+    with pytest.raises(ValueError, match="num_frames=9 exceeds the motion adapter's motion_max_seq_length=8"):
+        pipes["mid"](PROMPT, num_frames=9, num_inference_steps=1)
+    with pytest.raises(ShapeMismatch, match="num_frames=3"):
+        pipes["mid"](PROMPT, num_frames=4, num_inference_steps=1)
+    with pytest.raises(ValueError, match="num_frames=9 exceeds the motion adapter's motion_max_seq_length=8"):
+        export_model(str(snapshots["mid"][0]), str(tmp_path / "nine"), frames=9, height=16, width=16,
+                     log=lambda *a: None)
+
+
+def test_bad_inputs_get_clear_errors(pipes, v2v):
+    pipe = pipes["mid"]
+    with pytest.raises(ShapeMismatch, match="height=16"):
+        pipe(PROMPT, height=24, num_inference_steps=1)
+    with pytest.raises(ValueError, match="Only one of `video` or `latents`"):
+        v2v(video=np.zeros((3, 16, 24, 3), np.float32), prompt=PROMPT, latents=_latents("mid"))
+    with pytest.raises(ValueError, match="strength should in"):
+        v2v(video=np.zeros((3, 16, 24, 3), np.float32), prompt=PROMPT, strength=1.5)
+    with pytest.raises(ValueError, match="method 'box' is not supported"):
+        pipe.enable_free_init(method="box")
+
+
+def test_generate_video_and_request_validation(exports, pipes, tmp_path):
+    from video_aot.runtime.cli import main
+    from video_aot.runtime.video_io import read_video
+
+    out = tmp_path / "ad.mp4"
+    assert main([str(exports["mid"]), "--prompt", "a cat", "--steps", "1", "--seed", "1", "--out", str(out),
+                 "--backend", "mindspore"]) == 0
+    assert read_video(out)[0].shape == (3, 16, 24, 3)
+    pipe = pipes["mid"]
+    kwargs = pipe.validate_request(pipe.example_request())
+    assert kwargs
