@@ -1,0 +1,203 @@
+"""Text2Video-Zero (diffusers' TextToVideoZeroPipeline on a Stable Diffusion 1.x UNet): which graphs,
+with which static shapes, built from which snapshot components.
+
+Graphs (F = video_length, C = latent channels, h/w = latent size, K = VAE decode chunk, N = token
+length (77), L = text encoder layers, D = text hidden size = UNet cross_attention_dim):
+  text_encoder   input_ids[1,N] int32 (+ attention_mask[1,N] when the config sets use_attention_mask)
+                                                   -> prompt_embeds[1,L+1,N,D]
+                 export/t2v.py TextEncode; the pipeline reads index 0 (last_hidden_state).
+  unet_frame     sample[1,C,h,w] timestep[1] encoder_hidden_states[2,N,D] guidance_scale[1]
+                                                   -> noise_pred[1,C,h,w]
+                 one step of the first two backward phases (the first frame alone): the
+                 classifier-free-guidance pair runs as one UNet batch of 2 (unconditional first) and is
+                 combined inside the graph. diffusers' CrossFrameAttnProcessor groups a batch of 2 into
+                 video_length max(1, 2 // 2) = 1, so this is the plain UNet.
+  unet_video     sample[F,C,h,w] timestep[1] encoder_hidden_states[2,N,D] guidance_scale[1]
+                                                   -> noise_pred[F,C,h,w]
+                 one step of the last phase: a UNet batch of 2F ([uncond x F, cond x F]; the graph
+                 repeats each embedding F times as diffusers does) where every self-attention takes its
+                 keys and values from frame 0 of its half (models/unet2d.py cross_frame_attention_frames).
+  vae_decoder    latents[K,C,h,w]                  -> frames[K,3,H,W]   (1/scaling_factor inside)
+  vae_decoder_tail  the same for the last (F mod K) frames, when K does not divide F
+
+diffusers runs one prompt per call (num_videos_per_prompt must be 1; a list of prompts would share the
+cross-frame attention groups between prompts), so the export has batch 1. Guidance must be on
+(guidance_scale > 1): diffusers' __call__ concatenates the negative embeddings, which are None
+without guidance.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from mindspore import nn, ops
+
+from video_aot.models.loading import read_json
+
+from .components import Components
+from .graphs import GraphSpec, TensorSpec, VaeDecode, relax_tolerance
+from .t2v import TOKENIZER_FILES, TextEncode
+
+TOKENIZER_USABLE = ("tokenizer.json", ("vocab.json", "merges.txt"))
+
+
+# ----------------------------------------------------------------------------- wrapper cells
+class FrameStep(nn.Cell):
+    """The first phases: one latent frame, CFG pair as a UNet batch of 2."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def construct(self, sample, timestep, encoder_hidden_states, guidance_scale):
+        # sample: [1, C, h, w] (scaled by the scheduler); encoder_hidden_states: [2, N, D] (uncond first)
+        noise = self.unet(ops.cat((sample, sample), 0), timestep, encoder_hidden_states)  # [2, C, h, w]
+        uncond, text = noise[:1], noise[1:]
+        return uncond + guidance_scale * (text - uncond)
+
+
+class VideoStep(nn.Cell):
+    """The last phase: F frames, CFG pair as a UNet batch of 2F with cross-frame attention."""
+
+    def __init__(self, unet, frames: int):
+        super().__init__()
+        self.unet = unet
+        self.frames = frames
+
+    def construct(self, sample, timestep, encoder_hidden_states, guidance_scale):
+        # sample: [F, C, h, w]; encoder_hidden_states: [2, N, D] -> [2F, N, D] (uncond x F, cond x F)
+        f = self.frames
+        _, n, d = encoder_hidden_states.shape
+        context = ops.broadcast_to(encoder_hidden_states[:, None], (2, f, n, d)).reshape(2 * f, n, d)
+        noise = self.unet(ops.cat((sample, sample), 0), timestep, context)  # [2F, C, h, w]
+        uncond, text = noise[:f], noise[f:]
+        return uncond + guidance_scale * (text - uncond)
+
+
+# ----------------------------------------------------------------------------- plan
+def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: int, batch: int = 1,
+         dtype: str = "fp32", decode_chunk_size: int | None = None, variant: str | None = None):
+    """(graphs, manifest fields) for a TextToVideoZeroPipeline export; ``frames`` is video_length.
+    ``decode_chunk_size`` defaults to all frames (diffusers decodes the video in one VAE call; the 2-D
+    VAE decodes frames independently, so the chunk changes memory, not the frames)."""
+    from video_aot.models.unet2d import cross_frame_video_length
+
+    comps = Components(snapshot, weights, variant, dtype)
+    index = read_json(snapshot / "model_index.json")
+    pipeline = index["_class_name"]
+    configs = {name: comps.config(name) for name in ("unet", "vae", "text_encoder")}
+    scheduler = read_json(snapshot / "scheduler" / "scheduler_config.json")
+    unet_cfg, vae_cfg, text_cfg = configs["unet"], configs["vae"], configs["text_encoder"]
+
+    # request shapes, checked as diffusers' __call__ / check_inputs do
+    if batch != 1:
+        raise ValueError(f"TextToVideoZeroPipeline generates one video per call (batch {batch} was asked): "
+                         "diffusers asserts num_videos_per_prompt == 1, and a list of prompts would share the "
+                         "cross-frame attention groups between prompts. Export with batch 1.")
+    if frames < 1:
+        raise ValueError(f"video_length must be positive (diffusers asserts video_length > 0), got {frames}")
+    scale = 2 ** (len(vae_cfg.get("block_out_channels", (64,))) - 1)
+    if height % 8 or width % 8 or height % scale or width % scale or height < 8 or width < 8:
+        raise ValueError(f"`height` and `width` have to be divisible by 8 (and by the VAE factor {scale}) "
+                         f"but are {height} and {width}.")
+    chunk = frames if decode_chunk_size is None else int(decode_chunk_size)
+    if chunk < 1:
+        raise ValueError(f"decode_chunk_size must be a positive number of frames, got {decode_chunk_size}")
+    chunk = min(chunk, frames)
+
+    # component compatibility
+    latent = vae_cfg.get("latent_channels", 4)
+    if unet_cfg.get("in_channels", 4) != latent or unet_cfg.get("out_channels", 4) != latent:
+        raise ValueError(f"unet in/out channels ({unet_cfg.get('in_channels')}, {unet_cfg.get('out_channels')}) "
+                         f"must equal the VAE latent_channels {latent}")
+    cross = unet_cfg.get("cross_attention_dim", 1280)
+    hidden = text_cfg.get("hidden_size", 512)
+    if cross != hidden:
+        raise ValueError(f"unet cross_attention_dim {cross} must equal the text encoder hidden_size {hidden}")
+    num_layers = text_cfg.get("num_hidden_layers", 12)
+    use_mask = bool(text_cfg.get("use_attention_mask", False))
+
+    # tokenizer: copied into the export so that it is self-contained
+    tok_dir, assets, tokenizer = comps.tokenizer(TOKENIZER_FILES, TOKENIZER_USABLE, required="tokenizer" in index)
+    max_length = text_cfg.get("max_position_embeddings", 77)
+    if tokenizer is not None:
+        tok_cfg = read_json(tok_dir / "tokenizer_config.json") if (tok_dir / "tokenizer_config.json").is_file() else {}
+        max_length = int(tok_cfg.get("model_max_length", max_length))
+        tokenizer["model_max_length"] = max_length
+    if max_length > text_cfg.get("max_position_embeddings", 77):
+        raise ValueError(f"tokenizer model_max_length {max_length} exceeds the text encoder's "
+                         f"max_position_embeddings {text_cfg.get('max_position_embeddings')}")
+
+    h, w = height // scale, width // scale
+    scaling = float(vae_cfg.get("scaling_factor", 0.18215))
+    video_frames = cross_frame_video_length(2 * frames)  # diffusers' CrossFrameAttnProcessor(batch_size=2)
+
+    def step_specs(name, n):
+        return GraphSpec(name, (
+            TensorSpec("sample", (n, latent, h, w)),
+            TensorSpec("timestep", (1,)),
+            TensorSpec("encoder_hidden_states", (2, max_length, hidden)),
+            TensorSpec("guidance_scale", (1,)),
+        ), (TensorSpec("noise_pred", (n, latent, h, w)),),
+            dummy_overrides={"timestep": [500.0], "guidance_scale": [7.5]})
+
+    text_inputs = [TensorSpec("input_ids", (1, max_length), "int32")]
+    if use_mask:
+        text_inputs.append(TensorSpec("attention_mask", (1, max_length), "int32"))
+    graphs = [
+        (GraphSpec("text_encoder", tuple(text_inputs),
+                   (TensorSpec("prompt_embeds", (1, num_layers + 1, max_length, hidden)),),
+                   dummy_overrides={"attention_mask": [[1] * max_length]}),
+         lambda: TextEncode(comps.load("text_encoder"), use_mask)),
+        (step_specs("unet_frame", 1), lambda: FrameStep(comps.load("unet"))),
+        (step_specs("unet_video", frames),
+         lambda: VideoStep(comps.load("unet", cross_frame_attention_frames=video_frames), frames)),
+    ]
+
+    def decoder(name, k):
+        return (GraphSpec(name, (TensorSpec("latents", (k, latent, h, w)),),
+                          (TensorSpec("frames", (k, 3, height, width)),)),
+                lambda: VaeDecode(comps.load("vae"), scaling))
+
+    graphs.append(decoder("vae_decoder", chunk))
+    if frames % chunk:
+        graphs.append(decoder("vae_decoder_tail", frames % chunk))
+    relax_tolerance(graphs, dtype)
+
+    manifest = {
+        "pipeline": pipeline,
+        "dtype": dtype,
+        "shapes": {"batch": 1, "video_length": frames, "height": height, "width": width,
+                   "decode_chunk_size": chunk},
+        "latent_shape": [frames, latent, h, w],  # the video's latents as diffusers returns them (output "latent")
+        "latent_layout": "FCHW",
+        "vae_scale_factor": scale,
+        "vae_scaling_factor": scaling,
+        "scheduler": scheduler,
+        "text_encoder": {"num_hidden_layers": num_layers, "hidden_size": hidden, "max_length": max_length,
+                         "use_attention_mask": use_mask},
+        "tokenizer": tokenizer,
+        "components": configs,
+        "assets": assets,
+    }
+    return graphs, manifest
+
+
+# ----------------------------------------------------------------------------- generated models
+TINY_MODELS = {
+    "tiny-text2video-zero": {
+        "base": "text2video-zero",
+        "configs": {
+            "unet/config.json": {"block_out_channels": [32, 64], "attention_head_dim": 8, "cross_attention_dim": 32,
+                                 "layers_per_block": 1, "sample_size": 8,
+                                 "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+                                 "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"]},
+            "vae/config.json": {"block_out_channels": [32, 64], "layers_per_block": 1, "sample_size": 64,
+                                "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+                                "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"]},
+            "text_encoder/config.json": {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
+                                         "num_hidden_layers": 2, "projection_dim": 32, "torch_dtype": "float32"},
+        },
+        "components": ("unet", "vae", "text_encoder"),
+        "tokenizer": "generated",
+    },
+}
