@@ -206,3 +206,32 @@ def test_server_request_validation(pipelines):
         pipe.validate_request({**request, "video_length": 5})
     with pytest.raises(ValueError, match="must exceed t1"):
         pipe.validate_request({**request, "num_inference_steps": 2, "t1": 2, "t0": 1})
+
+
+def test_preset_plans_the_sd15_graphs(snapshot):
+    """The preset names the class diffusers writes for a saved TextToVideoZeroPipeline, its configs are
+    accepted by our networks, and it plans the full-size graphs (dry run: nothing built)."""
+    import json
+
+    from video_aot.export.sources import PRESET_DIR
+    from video_aot.models.loading import load_config
+
+    folder, _ = snapshot
+    saved = json.loads((folder / "model_index.json").read_text())["_class_name"]
+    preset = PRESET_DIR / "text2video-zero"
+    assert json.loads((preset / "model_index.json").read_text())["_class_name"] == saved == "TextToVideoZeroPipeline"
+    for component in ("unet", "vae", "text_encoder"):
+        load_config(preset / component)
+    manifest = export_model("text2video-zero", "unused", frames=8, height=512, width=512, random_weights=True,
+                            dry_run=True, log=lambda *a: None)
+    assert manifest["family"] == "text2video_zero" and manifest["pipeline"] == "TextToVideoZeroPipeline"
+    assert manifest["shapes"] == {"batch": 1, "video_length": 8, "height": 512, "width": 512, "decode_chunk_size": 8}
+    graphs = manifest["graphs"]
+    assert graphs["unet_frame"]["inputs"][0]["shape"] == [1, 4, 64, 64]
+    assert graphs["unet_video"]["inputs"][0]["shape"] == [8, 4, 64, 64]
+    assert graphs["unet_video"]["inputs"][2]["shape"] == [2, 77, 768]
+    assert graphs["text_encoder"]["outputs"][0]["shape"] == [1, 13, 77, 768]
+    assert manifest["scheduler"]["_class_name"] == "DDIMScheduler"
+    with pytest.raises(ValueError, match="one video per call"):
+        export_model("text2video-zero", "unused", frames=8, height=512, width=512, batch=2, random_weights=True,
+                     dry_run=True, log=lambda *a: None)
