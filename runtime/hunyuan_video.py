@@ -78,6 +78,15 @@ class HunyuanVideoPipeline(ExportedPipeline):
     def enable_tiling(self):
         """vae.enable_tiling(): decode each temporal tile in spatial tiles (needs an export made with
         tiling=True whenever the latents are larger than one spatial tile)."""
+        m = self.manifest
+        _, _, h, w = m["latent_shape"]
+        spatial, tiles = m["vae_scale_factor_spatial"], m["vae_tiling"]
+        big = w > tiles["tile_sample_min_width"] // spatial or h > tiles["tile_sample_min_height"] // spatial
+        if big and not m.get("vae_spatial_tiling"):
+            raise ExportInvalid(f"{self.export.root}: {m['shapes']['height']}x{m['shapes']['width']} is larger than "
+                                f"one {tiles['tile_sample_min_height']}x{tiles['tile_sample_min_width']} VAE tile, and "
+                                "this export has no spatial tile decoder graphs; re-export with tiling=True "
+                                "(export-model --tiling)")
         self.use_tiling = True
 
     def disable_tiling(self):
@@ -248,10 +257,11 @@ class HunyuanVideoPipeline(ExportedPipeline):
                 raise ShapeMismatch(f"{name} ({key}) has shape {value.shape}; this export takes {shapes[key]}; "
                                     f"exported shapes: {self.export.describe_shapes()}")
             out.append(value)
-        if out[0] is not None and out[1] is None:
+        embeds, mask, pooled = out
+        if embeds is not None and mask is None:
             raise ValueError(f"{name}: pass the attention mask with the embeddings (prompt_attention_mask / "
                              "negative_prompt_attention_mask)")
-        return out
+        return embeds, pooled, mask
 
     # ------------------------------------------------------------------ pieces
     def _scheduler(self, name):

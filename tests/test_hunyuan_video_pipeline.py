@@ -149,6 +149,76 @@ def test_framewise_tiled_decode_matches_diffusers(reference, tmp_path):
     assert err <= 1e-3, err
 
 
+def test_spatial_tiling_matches_diffusers(reference, tmp_path):
+    """vae.enable_tiling() at 16x272 pixels (latents 2x34, wider than the 32-latent tile): decoder graphs
+    for the 32- and 10-wide tiles (every 24), blended over 64 pixel columns, as diffusers' tiled_decode."""
+    pipe, folder = reference
+    out = export_model(str(folder), str(tmp_path / "e"), frames=9, height=16, width=272,
+                       max_sequence_length=MAX_LENGTH, tiling=True, log=lambda *a: None)
+    ours = load_pipeline(out, backend="mindspore")
+    assert sorted(ours.manifest["vae_decoders"]) == ["vae_decoder_3_2x10", "vae_decoder_3_2x32"]
+    latents = np.random.default_rng(4).standard_normal((1, 4, 3, 2, 34)).astype(np.float32)
+    common = dict(prompt=PROMPT, height=16, width=272, num_frames=9, num_inference_steps=1, output_type="np",
+                  max_sequence_length=MAX_LENGTH)
+    pipe.vae.enable_tiling()
+    try:
+        expected = np.asarray(pipe(latents=torch.tensor(latents), **common).frames)
+    finally:
+        pipe.vae.disable_tiling()
+    ours.enable_tiling()
+    got = ours(latents=latents, **common).frames
+    err = float(np.abs(got - expected).max())
+    print("hunyuan spatial tiling max abs", err)
+    assert got.shape == expected.shape == (1, 9, 16, 272, 3) and err <= 1e-3, err
+
+
+def test_untiled_export_has_one_decoder_graph_and_refuses_bad_sizes(reference, tmp_path):
+    out = export_model(str(reference[1]), str(tmp_path / "e"), frames=1, height=16, width=272,
+                       max_sequence_length=MAX_LENGTH, log=lambda *a: None, dry_run=True)
+    assert sorted(out["graphs"]) == ["text_encoder", "text_encoder_2", "transformer", "vae_decoder_1_2x34"]
+    assert out["graphs"]["text_encoder"]["inputs"][0]["shape"] == [1, 95 + MAX_LENGTH]  # DEFAULT_PROMPT_TEMPLATE room
+    with pytest.raises(ValueError, match="divisible by 16"):
+        export_model(str(reference[1]), str(tmp_path / "x"), frames=9, height=24, width=32, log=lambda *a: None,
+                     dry_run=True)
+
+
+def test_given_embeddings_match_diffusers(reference, ours):
+    """prompt_embeds / prompt_attention_mask / pooled_prompt_embeds and the negative ones given directly
+    (true CFG from negative embeddings alone); output_type='latent' returns the sampler's latents."""
+    pipe, _ = reference
+    rng = np.random.default_rng(7)
+    embeds = rng.standard_normal((2, 1, MAX_LENGTH, 16)).astype(np.float32)
+    pooled = rng.standard_normal((2, 1, 8)).astype(np.float32)
+    masks = np.zeros((2, 1, MAX_LENGTH), np.float32)
+    masks[0, :, :5] = 1
+    masks[1, :, :9] = 1
+    kwargs = dict(height=HEIGHT, width=WIDTH, num_frames=9, num_inference_steps=2, output_type="latent",
+                  max_sequence_length=MAX_LENGTH, true_cfg_scale=3.0)
+    given = dict(prompt_embeds=embeds[0], pooled_prompt_embeds=pooled[0], prompt_attention_mask=masks[0],
+                 negative_prompt_embeds=embeds[1], negative_pooled_prompt_embeds=pooled[1],
+                 negative_prompt_attention_mask=masks[1])
+    expected = pipe(latents=torch.tensor(_latents(9)), **{k: torch.tensor(v) for k, v in given.items()},
+                    **kwargs).frames.numpy()
+    got = ours(latents=_latents(9), **given, **kwargs).frames
+    assert got.shape == expected.shape == (1, 4, 3, 2, 4)
+    err = float(np.abs(got - expected).max())
+    print("hunyuan given embeddings latents max abs", err)
+    assert err <= 1e-4, err
+
+
+def test_preset_plans_the_full_size_graphs():
+    manifest = export_model("hunyuan-video", "unused", frames=61, height=320, width=512, random_weights=True,
+                            dry_run=True, log=lambda *a: None)
+    graphs = manifest["graphs"]
+    assert graphs["transformer"]["inputs"][0]["shape"] == [1, 16, 16, 40, 64]
+    assert graphs["transformer"]["inputs"][6]["shape"] == [16 * 20 * 32, 128]
+    assert graphs["text_encoder"]["inputs"][0]["shape"] == [1, 95 + 256]
+    assert graphs["text_encoder_2"]["outputs"][0]["shape"] == [1, 768]
+    # 16 latent frames: framewise tiles of 5 latent frames every 3 (the last one 1 frame long)
+    assert sorted(manifest["vae_decoders"]) == ["vae_decoder_1_40x64", "vae_decoder_4_40x64", "vae_decoder_5_40x64"]
+    assert manifest["dtype_plan"]["transformer"] == "bf16" and manifest["scheduler"]["shift"] == 7.0
+
+
 def test_other_shapes_are_refused_listing_the_exported_ones(ours):
     kwargs = dict(prompt=PROMPT, num_inference_steps=2, max_sequence_length=MAX_LENGTH)
     with pytest.raises(ShapeMismatch, match=r"built for 3 latent frames \(num_frames 9 to 12\)"):
