@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 OUTPUT_SUFFIXES = (".mp4", ".gif")
-DEFAULT_FPS = 8  # frame rate of the written file when the pipeline takes no ``fps`` argument
+DEFAULT_FPS = 8  # frame rate of the written file when the pipeline takes no frame-rate argument
+FPS_ARGUMENTS = ("fps", "target_fps", "frame_rate")  # a pipeline's frame-rate argument names the file's rate
 # __call__ arguments a command line cannot carry (arrays, callables) or that the CLI sets itself
 NOT_FLAGS = {"self", "generator", "latents", "prompt_embeds", "negative_prompt_embeds", "callback",
              "callback_steps", "callback_on_step_end", "callback_on_step_end_tensor_inputs", "return_dict",
@@ -35,7 +36,8 @@ def _base_parser(add_help: bool) -> argparse.ArgumentParser:
                              "such as video2video (default: the one the export was made for; --video picks "
                              "video2video)")
     parser.add_argument("--out-fps", type=int, default=None,
-                        help=f"frame rate of the written file (default: the pipeline's fps argument, else {DEFAULT_FPS})")
+                        help="frame rate of the written file (default: the pipeline's fps / target_fps / frame_rate "
+                             f"argument, else {DEFAULT_FPS})")
     parser.add_argument("--tiling", action="store_true", help="code the VAE in diffusers' spatial tiles "
                                                               "(exports made with export-model --tiling)")
     parser.add_argument("--backend", default=None, choices=("mindspore", "lite"))
@@ -152,7 +154,8 @@ def main(argv=None) -> int:
                 raise ValueError(f"--tiling does not apply to {type(pipe).__name__}")
             pipe.enable_tiling()
         video = pipe(**kwargs, output_type="np").frames[0]  # float [F, H, W, 3] in [0, 1]
-        fps = args.out_fps or kwargs.get("fps") or _default(cls, "fps") or DEFAULT_FPS
+        fps = args.out_fps or next((kwargs.get(n) or _default(cls, n) for n in FPS_ARGUMENTS
+                                    if kwargs.get(n) or _default(cls, n)), DEFAULT_FPS)
         write_video(args.out, video, fps=int(fps))
     except (ValueError, RuntimeError, OSError, TypeError) as err:
         print(f"generate-video: error: {err}", file=sys.stderr)

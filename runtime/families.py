@@ -9,8 +9,11 @@ and export/<family>.py (``plan()``: which graphs, with which static shapes).
 from __future__ import annotations
 
 import importlib
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
+
+logger = logging.getLogger(__name__)
 
 # runtime/<module>.py files that declare a FAMILY; adding a family adds one name here
 REGISTERED = ("svd", "t2v", "cogvideox", "i2vgen", "mochi", "ltx", "hunyuan_video", "animatediff", "text2video_zero")
@@ -43,23 +46,34 @@ class FamilySpec:
 
 
 _CACHE: dict = {}
+_BROKEN: dict = {}  # module -> why it failed to import: the other families still work
 
 
 def families() -> dict:
     """name -> FamilySpec for every registered family (imported on first use)."""
     if not _CACHE:
         for module in REGISTERED:
-            spec = importlib.import_module(f"{__package__}.{module}").FAMILY
+            try:
+                spec = importlib.import_module(f"{__package__}.{module}").FAMILY
+            except Exception as err:  # noqa: BLE001 - named whenever a lookup misses
+                _BROKEN[module] = f"{type(err).__name__}: {err}"
+                logger.warning("runtime/%s.py failed to import: %s", module, _BROKEN[module])
+                continue
             if spec.name in _CACHE:
                 raise RuntimeError(f"family {spec.name!r} is declared twice")
             _CACHE[spec.name] = spec
     return _CACHE
 
 
+def _broken() -> str:
+    return "".join(f"; runtime/{m}.py failed to import ({e})" for m, e in _BROKEN.items())
+
+
 def family(name: str) -> FamilySpec:
     registry = families()
     if name not in registry:
-        raise ValueError(f"family {name!r} has no runtime pipeline; supported families: {sorted(registry)}")
+        raise ValueError(f"family {name!r} has no runtime pipeline; supported families: {sorted(registry)}"
+                         + _broken())
     return registry[name]
 
 
@@ -72,4 +86,4 @@ def family_for_pipeline(pipeline: str) -> FamilySpec:
     for spec in families().values():
         if pipeline in spec.pipelines:
             return spec
-    raise ValueError(f"pipeline {pipeline!r} is not supported; supported: {supported_pipelines()}")
+    raise ValueError(f"pipeline {pipeline!r} is not supported; supported: {supported_pipelines()}" + _broken())
