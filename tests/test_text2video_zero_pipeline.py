@@ -187,6 +187,9 @@ def test_refusals(pipelines):
         pipe("a cat", num_inference_steps=5, t0=1, t1=2, frame_ids=[0, 1])
     with pytest.raises(ValueError, match=r"scheduler 'dpm\+\+' is not supported.*'ddim'"):
         pipe("a cat", num_inference_steps=5, t0=1, t1=2, scheduler="dpm++")
+    with pytest.raises(ShapeMismatch, match="batch=1.*batch=2"):  # one prompt per call, as diffusers' batch 1
+        pipe(["a cat", "a dog"], num_inference_steps=5, t0=1, t1=2)
+    assert pipe._frame_ids("0, 2,4", 3) == [0, 2, 4]  # --frame-ids on the command line
 
 
 def test_generate_video_cli(exports, tmp_path):
