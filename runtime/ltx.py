@@ -52,19 +52,6 @@ def rescale_noise_cfg(noise_cfg, noise_pred_text, guidance_rescale: float = 0.0)
     return (guidance_rescale * rescaled + (1 - guidance_rescale) * noise_cfg).astype(F32)
 
 
-class _RequestView:
-    """The pipeline as request.validate_request sees it, with a scheduler config whose step-count
-    check needs no ``mu`` (LTX's dynamic shifting takes mu from the latent sequence at call time)."""
-
-    def __init__(self, pipe):
-        self._pipe = pipe
-        sched = dict(pipe.manifest["scheduler"], use_dynamic_shifting=False)
-        self.manifest = {**dict(pipe.manifest), "scheduler": sched}
-
-    def __getattr__(self, name):
-        return getattr(self._pipe, name)
-
-
 class _LTXBase(ExportedPipeline):
     family = "ltx"
     graph_names = ("text_encoder", "transformer", "vae_decoder", "vae_encoder")
@@ -84,11 +71,6 @@ class _LTXBase(ExportedPipeline):
             schema["scheduler"]["enum"] = ["flow_euler"]
             schema["scheduler"]["default"] = "flow_euler"
         return schema
-
-    def validate_request(self, request: dict) -> dict:
-        from .request import validate_request
-
-        return validate_request(_RequestView(self), request)
 
     def example_request(self) -> dict:
         return {**super().example_request(), "num_inference_steps": 2}

@@ -214,8 +214,11 @@ def validate_request(pipeline, request: dict, limits: dict | None = None) -> dic
             scheduler = make_scheduler(pipeline.manifest["scheduler"], name=kwargs.get("scheduler"))
         except ValueError as err:
             raise RequestInvalid("scheduler", str(err), schema.get("scheduler", {}).get("enum")) from err
+        # a flow scheduler with dynamic shifting takes mu from the latent size at call time; any mu
+        # tells whether the step count is valid
+        shift = {"mu": 0.0} if getattr(getattr(scheduler, "config", None), "use_dynamic_shifting", False) else {}
         try:
-            scheduler.set_timesteps(steps)
+            scheduler.set_timesteps(steps, **shift)
         except ValueError as err:
             raise RequestInvalid("num_inference_steps", str(err)) from err
     pipeline.check_request(kwargs)
