@@ -182,6 +182,24 @@ def test_untiled_export_has_one_decoder_graph_and_refuses_bad_sizes(reference, t
                      dry_run=True)
 
 
+def test_callback_replaces_latents_and_prompt_embeds_like_diffusers(reference, ours):
+    seen = []
+
+    def callback(pipe, i, t, kwargs):
+        seen.append(sorted(kwargs))
+        out = dict(kwargs)
+        out["prompt_embeds"] = kwargs["prompt_embeds"] * 0.5
+        if i == 0:
+            out["latents"] = kwargs["latents"] * 0.9
+        return out
+
+    err, _ = _compare(reference, ours, 9, prompt=PROMPT, callback_on_step_end=callback,
+                      callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"])
+    assert seen[0] == ["latents", "prompt_embeds"]
+    print("hunyuan callback max abs", err)
+    assert err <= 1e-3, err
+
+
 def test_given_embeddings_match_diffusers(reference, ours):
     """prompt_embeds / prompt_attention_mask / pooled_prompt_embeds and the negative ones given directly
     (true CFG from negative embeddings alone); output_type='latent' returns the sampler's latents."""
