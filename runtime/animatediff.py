@@ -21,7 +21,7 @@ from .base import VideoOutput
 from .families import FamilySpec
 from .free_init import FreeInitConfig, reinitialize
 from .schedulers import add_noise, make_scheduler
-from .t2v import _UNet3DPipeline
+from .t2v import VideoToVideoSDPipeline, _UNet3DPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +202,9 @@ class AnimateDiffPipeline(_AnimateDiffPipeline):
 class AnimateDiffVideoToVideoPipeline(_AnimateDiffPipeline):
     graph_names = ("text_encoder", "unet", "vae_decoder", "vae_decoder_tail", "vae_encoder", "vae_encoder_tail")
     image_inputs = ("video",)
+    # the video input (no resize: the export's size) and the chunked VAE encoder, as VideoToVideoSDPipeline
+    preprocess_video = VideoToVideoSDPipeline.preprocess_video
+    encode_chunks = VideoToVideoSDPipeline.encode_chunks
 
     def __call__(
         self,

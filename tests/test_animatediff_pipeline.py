@@ -46,13 +46,16 @@ def _build(folder, seed, mid_block):
 
     tok_dir = write_clip_tokenizer(folder / "_tokenizer_src")
     tokenizer = clip_tokenizer(tok_dir)
-    unet = animatediff_unet(seed)
-    adapter = motion_adapter(seed + 1, use_motion_mid_block=mid_block)
+    unet = animatediff_unet(seed, layers_per_block=1)  # one layer per block: half the compile time
+    adapter = motion_adapter(seed + 1, use_motion_mid_block=mid_block, motion_layers_per_block=1)
     pipe = AnimateDiffPipeline(
         vae=vae(seed + 2), text_encoder=clip_text(tokenizer, seed + 3, hidden_size=8, num_attention_heads=4),
         tokenizer=tokenizer, unet=unet, motion_adapter=adapter, scheduler=DDIMScheduler(**SD15_SCHEDULER),
         feature_extractor=None, image_encoder=None)
     pipe.save_pretrained(folder)
+    # the scheduler as a user loads it (the saved config lists every field, so a class swap with
+    # from_config keeps e.g. timestep_spacing="leading", as the export's scheduler_config.json does)
+    pipe.scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
     pipe.set_progress_bar_config(disable=True)
     return pipe, unet
 
@@ -123,7 +126,7 @@ def _numpy_noise(monkeypatch, seed):
         monkeypatch.setattr(mod, "randn_tensor", randn_tensor)
 
 
-def _reference(ref, scheduler, **kwargs):
+def _reference(ref, scheduler):
     from diffusers import AnimateDiffPipeline
 
     pipe = AnimateDiffPipeline(**{**ref.components, "scheduler": _scheduler(ref, scheduler)})
