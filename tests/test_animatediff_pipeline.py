@@ -97,11 +97,15 @@ def _latents(name, seed=0):
 
 
 def _scheduler(ref, scheduler):
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+    from diffusers import (
+        DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
+        LCMScheduler,
+    )
 
     if scheduler == "seed-ddim":
         return DDIMScheduler.from_config(ref.scheduler.config, **SEED_DDIM)
-    cls = {"dpm++": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler}[scheduler]
+    cls = {"dpm++": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler,
+           "euler_a": EulerAncestralDiscreteScheduler, "lcm": LCMScheduler}[scheduler]
     return cls.from_config(ref.scheduler.config)
 
 
@@ -116,13 +120,15 @@ def _numpy_noise(monkeypatch, seed):
     import diffusers.models.autoencoders.vae as vae_mod
     import diffusers.pipelines.animatediff.pipeline_animatediff_video2video as v2v_mod
     import diffusers.pipelines.free_init_utils as free_init_mod
+    import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_a_mod
+    import diffusers.schedulers.scheduling_lcm as lcm_mod
 
     rng = np.random.default_rng(seed)
 
     def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
         return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32)).to(dtype or torch.float32)
 
-    for mod in (vae_mod, v2v_mod, free_init_mod):
+    for mod in (vae_mod, v2v_mod, free_init_mod, euler_a_mod, lcm_mod):
         monkeypatch.setattr(mod, "randn_tensor", randn_tensor)
 
 
@@ -148,16 +154,20 @@ CASES = {
     "dpm++": ("mid", "dpm++", 3, 6.0, None),
     "euler": ("mid", "euler", 2, 7.5, "watermark"),
     "no-mid-block-seed-ddim": ("no-mid", "seed-ddim", 2, 7.5, None),
+    # stochastic samplers: their step noise ([B, C, F, h, w], AnimateDiff steps on that layout) is injected
+    "euler_a": ("no-mid", "euler_a", 2, 7.5, "blurry"),
+    "lcm": ("no-mid", "lcm", 2, 1.0, None),  # guidance off: the graph's pair with scale 1
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_text_to_video_matches_diffusers(snapshots, pipes, case):
+def test_text_to_video_matches_diffusers(snapshots, pipes, monkeypatch, case):
     name, scheduler, steps, guidance, negative = CASES[case]
     frames, height, width, _ = SHAPES[name]
     latents = _latents(name)
     ours = pipes[name](PROMPT, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
-                       latents=latents, output_type="np", **_ours_scheduler(scheduler)).frames
+                       latents=latents, seed=31, output_type="np", **_ours_scheduler(scheduler)).frames
+    _numpy_noise(monkeypatch, 31)
     ref = _reference(snapshots[name][1], scheduler)
     expected = ref(PROMPT, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
                    num_frames=frames, height=height, width=width, latents=torch.from_numpy(latents),
@@ -183,6 +193,24 @@ def test_video_to_video_matches_diffusers(snapshots, v2v, monkeypatch, strength)
                     guidance_scale=7.5, negative_prompt="blurry", height=height, width=width,
                     output_type="np").frames
     _check(f"animatediff v2v strength={strength}", ours, expected)
+
+
+def test_video_to_video_latents_and_enforce_inference_steps(snapshots, v2v, monkeypatch):
+    from diffusers import AnimateDiffVideoToVideoPipeline
+
+    frames, height, width, _ = SHAPES["mid"]
+    _, ref = snapshots["mid"]
+    pipe = AnimateDiffVideoToVideoPipeline(**{**ref.components, "scheduler": _scheduler(ref, "seed-ddim")})
+    pipe.set_progress_bar_config(disable=True)
+    latents = _latents("mid", seed=9)
+    for enforce in (False, True):  # latents= used as given, or noised to the first of the last 2 of 4 steps
+        ours = v2v(prompt=PROMPT, latents=latents, strength=0.5, num_inference_steps=2, guidance_scale=7.5,
+                   enforce_inference_steps=enforce, seed=8, output_type="np", **_ours_scheduler("seed-ddim")).frames
+        _numpy_noise(monkeypatch, 8)
+        expected = pipe(prompt=PROMPT, latents=torch.from_numpy(latents), strength=0.5, num_inference_steps=2,
+                        guidance_scale=7.5, enforce_inference_steps=enforce, height=height, width=width,
+                        output_type="np").frames
+        _check(f"animatediff v2v latents= enforce_inference_steps={enforce}", ours, expected)
 
 
 # ----------------------------------------------------------------------------- FreeInit parity
