@@ -196,3 +196,54 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
         "assets": assets,
     }
     return graphs, manifest
+
+
+# ----------------------------------------------------------------------------- generated models
+# The generated snapshots save the UNet as a UNetMotionModel (layout (a)): the motion modules are part
+# of the one unet/ component (the preset's motion_adapter/ config stays, unused).
+# The AnimateDiff seed's DDIM (the preset's PNDMScheduler has no numpy port), so that they run as is.
+_SEED_DDIM = {"_class_name": "DDIMScheduler", "clip_sample": False, "timestep_spacing": "linspace",
+              "beta_schedule": "linear", "steps_offset": 1}
+_MOTION_UNET = {"_class_name": "UNetMotionModel", "motion_max_seq_length": 32, "use_motion_mid_block": True,
+                "motion_num_attention_heads": 8}
+TINY_MODELS = {
+    "tiny-animatediff": {
+        "base": "animatediff-v1-5-2",
+        "configs": {
+            "unet/config.json": {**_MOTION_UNET, "block_out_channels": [32, 64], "layers_per_block": 1,
+                                 "down_block_types": ["CrossAttnDownBlockMotion", "DownBlockMotion"],
+                                 "up_block_types": ["UpBlockMotion", "CrossAttnUpBlockMotion"],
+                                 "cross_attention_dim": 32, "num_attention_heads": 4,
+                                 "motion_num_attention_heads": 4, "sample_size": 8},
+            "vae/config.json": {"block_out_channels": [32, 64], "layers_per_block": 1, "sample_size": 64,
+                                "down_block_types": ["DownEncoderBlock2D"] * 2,
+                                "up_block_types": ["UpDecoderBlock2D"] * 2},
+            "text_encoder/config.json": {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
+                                         "num_hidden_layers": 2, "projection_dim": 32},
+            "scheduler/scheduler_config.json": _SEED_DDIM,
+        },
+        "components": ("unet", "vae", "text_encoder"),
+        "tokenizer": "generated",
+    },
+    # SD 1.5's real widths and heads (UNet 320/640/1280 with 8 heads, cross-attention 768, the motion
+    # modules with 8 heads; the real SD VAE; CLIP ViT-L text width 768 with 12 heads) with less depth, for
+    # memory: the UNet's fourth, attention-free 1280-wide level is dropped and the text tower keeps 4 of
+    # its 12 layers.
+    "small-animatediff": {
+        "base": "animatediff-v1-5-2",
+        "configs": {
+            "unet/config.json": {**_MOTION_UNET, "block_out_channels": [320, 640, 1280],
+                                 "down_block_types": ["CrossAttnDownBlockMotion", "CrossAttnDownBlockMotion",
+                                                      "DownBlockMotion"],
+                                 "up_block_types": ["UpBlockMotion", "CrossAttnUpBlockMotion",
+                                                    "CrossAttnUpBlockMotion"],
+                                 "cross_attention_dim": 768, "num_attention_heads": 8},
+            "text_encoder/config.json": {"num_hidden_layers": 4},
+            "scheduler/scheduler_config.json": _SEED_DDIM,
+        },
+        "components": ("unet", "vae", "text_encoder"),
+        "tokenizer": "generated",
+        "note": "SD 1.5 + motion adapter v1-5-2 widths and heads with random weights; the UNet's fourth level "
+                "(attention-free, 1280 wide) is dropped and the text tower keeps 4 of its 12 layers, for memory.",
+    },
+}

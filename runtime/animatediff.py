@@ -92,7 +92,16 @@ class _AnimateDiffPipeline(_UNet3DPipeline):
         if scheduler_overrides is not None and not isinstance(scheduler_overrides, dict):
             raise ValueError(f"scheduler_overrides must be a dict of scheduler config fields, got "
                              f"{type(scheduler_overrides).__name__}")
-        return make_scheduler(self.manifest["scheduler"], name=scheduler, **(scheduler_overrides or {}))
+        try:
+            return make_scheduler(self.manifest["scheduler"], name=scheduler, **(scheduler_overrides or {}))
+        except ValueError as err:
+            if scheduler is not None:
+                raise
+            raise ValueError(f"{err} The export's scheduler_config.json names "
+                             f"{self.manifest['scheduler'].get('_class_name')!r}; pass scheduler= one of the supported "
+                             "ones, e.g. the AnimateDiff seed's scheduler='ddim' with scheduler_overrides="
+                             "{'clip_sample': False, 'timestep_spacing': 'linspace', 'beta_schedule': 'linear', "
+                             "'steps_offset': 1}") from None
 
     def _per_frame_context(self, prompt_embeds, negative_prompt_embeds, do_cfg, guidance_scale, num_frames):
         # [2B, N, D] (unconditional first) -> repeat_interleave over the frames -> [2B*F, N, D]
