@@ -63,3 +63,16 @@ def relax_tolerance(graphs, dtype: str, tolerance: float = 2e-2):
     if dtype != "fp32":
         for spec, _ in graphs:
             object.__setattr__(spec, "tolerance", tolerance)
+
+
+def check_decode_chunk_size(decode_chunk_size, total: int, default: int) -> int:
+    """diffusers' ``decode_chunk_size``: frames per VAE decode call, fixed at export. None takes
+    ``default``; anything but an integer from 1 to ``total`` (the frames decoded, batch x frames) is
+    refused rather than clamped."""
+    if decode_chunk_size is None:
+        return min(default, total)
+    if isinstance(decode_chunk_size, bool) or not isinstance(decode_chunk_size, int) \
+            or not 1 <= decode_chunk_size <= total:
+        raise ValueError(f"decode_chunk_size must be an integer from 1 to {total} (the frames decoded: batch x "
+                         f"frames), got {decode_chunk_size!r}")
+    return decode_chunk_size

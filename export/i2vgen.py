@@ -32,7 +32,7 @@ from mindspore import nn, ops
 from video_aot.models.loading import read_json
 
 from .components import Components
-from .graphs import GraphSpec, TensorSpec, VaeDecode, relax_tolerance
+from .graphs import GraphSpec, TensorSpec, VaeDecode, check_decode_chunk_size, relax_tolerance
 from .t2v import TOKENIZER_FILES, TextEncode, VaeEncode
 
 # the image stem of I2VGenXLUNet always takes 4-channel image latents (diffusers' own constant)
@@ -90,10 +90,7 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
         raise ValueError(f"`height` and `width` have to be divisible by 8 (and by the VAE factor {scale}) "
                          f"but are {height} and {width}.")
     total = batch * frames
-    chunk = 1 if decode_chunk_size is None else int(decode_chunk_size)
-    if chunk < 1:
-        raise ValueError(f"decode_chunk_size must be a positive number of frames, got {decode_chunk_size}")
-    chunk = min(chunk, total)
+    chunk = check_decode_chunk_size(decode_chunk_size, total, default=1)  # diffusers' default: 1
 
     # component compatibility
     latent = vae_cfg.get("latent_channels", 4)

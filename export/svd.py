@@ -21,7 +21,7 @@ from mindspore import nn, ops
 
 from video_aot.models.loading import load_network, read_json
 
-from .graphs import GraphSpec, TensorSpec, VaeDecode, relax_tolerance
+from .graphs import GraphSpec, TensorSpec, VaeDecode, check_decode_chunk_size, relax_tolerance
 
 
 
@@ -80,11 +80,8 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     if height % 8 or width % 8 or height % scale or width % scale:
         raise ValueError(f"height and width have to be divisible by 8 (and by the VAE factor {scale}), "
                          f"got {height}x{width}")
-    chunk = decode_chunk_size or frames
-    if not 1 <= chunk:
-        raise ValueError(f"decode_chunk_size must be positive, got {chunk}")
     total = batch * frames
-    chunk = min(chunk, total)
+    chunk = check_decode_chunk_size(decode_chunk_size, total, default=frames)  # diffusers: num_frames
     latent = vae_cfg.get("latent_channels", 4)
     if unet_cfg.get("in_channels", 8) != 2 * latent:
         raise ValueError(f"unet in_channels {unet_cfg.get('in_channels')} must be twice the VAE latent_channels {latent}")

@@ -33,7 +33,7 @@ from video_aot.models.loading import LoadError, load_network, read_json
 
 from video_aot.runtime.manifest import sha256_file
 
-from .graphs import GraphSpec, TensorSpec, VaeDecode, relax_tolerance
+from .graphs import GraphSpec, TensorSpec, VaeDecode, check_decode_chunk_size, relax_tolerance
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
                    "added_tokens.json")
@@ -149,9 +149,7 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
         raise ValueError(f"`height` and `width` have to be divisible by 8 (and by the VAE factor {scale}) "
                          f"but are {height} and {width}.")
     total = batch * frames
-    chunk = min(decode_chunk_size or total, total)
-    if chunk < 1:
-        raise ValueError(f"decode_chunk_size must be positive, got {decode_chunk_size}")
+    chunk = check_decode_chunk_size(decode_chunk_size, total, default=total)  # diffusers decodes all at once
     latent = vae_cfg.get("latent_channels", 4)
     if unet_cfg.get("in_channels", 4) != latent or unet_cfg.get("out_channels", 4) != latent:
         raise ValueError(f"unet in/out channels ({unet_cfg.get('in_channels')}, {unet_cfg.get('out_channels')}) "

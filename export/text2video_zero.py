@@ -34,7 +34,7 @@ from mindspore import nn, ops
 from video_aot.models.loading import read_json
 
 from .components import Components
-from .graphs import GraphSpec, TensorSpec, VaeDecode, relax_tolerance
+from .graphs import GraphSpec, TensorSpec, VaeDecode, check_decode_chunk_size, relax_tolerance
 from .t2v import TOKENIZER_FILES, TextEncode
 
 TOKENIZER_USABLE = ("tokenizer.json", ("vocab.json", "merges.txt"))
@@ -99,10 +99,7 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     if height % 8 or width % 8 or height % scale or width % scale or height < 8 or width < 8:
         raise ValueError(f"`height` and `width` have to be divisible by 8 (and by the VAE factor {scale}) "
                          f"but are {height} and {width}.")
-    chunk = frames if decode_chunk_size is None else int(decode_chunk_size)
-    if chunk < 1:
-        raise ValueError(f"decode_chunk_size must be a positive number of frames, got {decode_chunk_size}")
-    chunk = min(chunk, frames)
+    chunk = check_decode_chunk_size(decode_chunk_size, frames, default=frames)  # diffusers decodes all at once
 
     # component compatibility
     latent = vae_cfg.get("latent_channels", 4)

@@ -121,3 +121,12 @@ def test_family_option_on_another_family_is_refused():
     manifest = _dry("cogvideox-2b", frames=49, height=480, width=720, tiling=True)
     assert manifest["tiling"]["tiles"] and "vae_decoder_tile_30x45" in manifest["graphs"]
     assert manifest["shapes"]["num_frames"] == 49 and manifest["latent_frames"] == 13
+
+
+@pytest.mark.parametrize("preset", ["svd-xt", "modelscope-t2v", "i2vgen-xl", "text2video-zero"])
+@pytest.mark.parametrize("chunk", [0, -1, 26, 2.5])
+def test_decode_chunk_size_outside_the_frames_is_refused(preset, chunk):
+    """0 no longer means "all frames" and a chunk above the frame count is not clamped (issue 16.11)."""
+    with pytest.raises(ValueError, match=r"decode_chunk_size must be an integer from 1 to 25"):
+        _dry(preset, frames=25, height=256, width=256, decode_chunk_size=chunk)
+    assert _dry(preset, frames=25, height=256, width=256, decode_chunk_size=25)["shapes"]["decode_chunk_size"] == 25

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline_suite import PipelineSuite, SuiteCase
 from tiny import rel_l2
 from tiny_t2v import t2v_pipeline
 
@@ -305,3 +306,21 @@ def test_generate_video_cli_text_and_video(exports, tmp_path):
     write_video(five, np.zeros((5, 16, 24, 3), np.uint8), fps=8)
     assert main([str(exports["a"]), "--prompt", "a dog", "--video", str(five), "--steps", "2",
                  "--out", str(tmp_path / "bad.mp4"), "--backend", "mindspore"]) == 2
+
+
+# ----------------------------------------------------------------------------- the shared pipeline suite
+class TestSuite(PipelineSuite):
+    @pytest.fixture(scope="class")
+    def case(self, snapshot, exports, pipelines):
+        _, ref = snapshot
+        frames, height, width, _, _ = SHAPES["a"]
+        inputs = dict(prompt="a cat riding a horse", negative_prompt="blurry", num_inference_steps=2,
+                      guidance_scale=7.5, scheduler="ddim")
+
+        def reference(inputs, latents):
+            kwargs = {k: v for k, v in inputs.items() if k != "scheduler"}
+            return _scheduled(ref, "ddim")(**kwargs, height=height, width=width, num_frames=frames,
+                                           latents=torch.from_numpy(latents)).frames
+
+        return SuiteCase(pipe=pipelines["a"], export_dir=str(exports["a"]), inputs=inputs, reference=reference,
+                         cli_args=["--prompt", "a cat", "--steps", "1", "--seed", "0"])

@@ -1,0 +1,114 @@
+"""The pipeline tests every family joins (as diffusers' PipelineTesterMixin): ``latents=`` parity with
+diffusers, generate-video, a server request, and bad inputs. A family's test module subclasses
+``PipelineSuite`` and provides one fixture, ``case``, returning a ``SuiteCase``:
+
+    class TestSuite(PipelineSuite):
+        @pytest.fixture(scope="class")
+        def case(self, pipelines, snapshot):
+            return SuiteCase(pipe=..., export_dir=..., inputs={...}, cli_args=[...],
+                             reference=lambda inputs, latents: diffusers_frames)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import pytest
+
+PARITY_TOLERANCE = 1e-3  # max abs difference of [0, 1] frames against diffusers
+
+
+@dataclass
+class SuiteCase:
+    pipe: object  # the loaded pipeline
+    export_dir: str
+    inputs: dict  # the smallest call: prompt and/or image, 2 steps, a seed
+    cli_args: list  # the same for generate-video, after EXPORT --out FILE
+    # (inputs, latents) -> diffusers' frames [B, F, H, W, 3] in [0, 1] for the same call and latents
+    reference: Callable
+    latents_shape: Optional[tuple] = None  # default: (batch,) + the manifest's latent_shape
+    tolerance: float = PARITY_TOLERANCE
+    extra: dict = field(default_factory=dict)
+
+
+class PipelineSuite:
+    # ------------------------------------------------------------------ parity
+    def test_latents_parity_with_diffusers(self, case):
+        pipe = case.pipe
+        shape = case.latents_shape or (pipe.shapes.get("batch", 1),) + tuple(pipe.manifest["latent_shape"])
+        latents = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
+        ours = np.asarray(pipe(**case.inputs, latents=latents, output_type="np").frames, np.float32)
+        ref = np.asarray(case.reference(case.inputs, latents), np.float32)
+        assert ours.shape == ref.shape
+        err = float(np.abs(ours - ref).max())
+        print(f"{type(pipe).__name__}: latents= parity max abs {err:.2e}")
+        assert err <= case.tolerance
+
+    # ------------------------------------------------------------------ generate-video
+    def test_cli_writes_a_video(self, case, tmp_path):
+        from video_aot.runtime.cli import main
+        from video_aot.runtime.video_io import read_video
+
+        out = tmp_path / "out.mp4"
+        assert main([case.export_dir, "--out", str(out), "--backend", "mindspore", *case.cli_args]) == 0
+        video, _ = read_video(out)
+        shapes = case.pipe.shapes
+        assert video.shape[1:] == (shapes["height"], shapes["width"], 3)
+
+    def test_cli_refuses_an_unexported_frame_count(self, case, tmp_path, capsys):
+        from video_aot.runtime.cli import main
+
+        frames = case.pipe.shapes["num_frames"] + 8
+        assert main([case.export_dir, "--out", str(tmp_path / "x.mp4"), "--backend", "mindspore", *case.cli_args,
+                     "--num-frames", str(frames)]) == 2
+        assert "num_frames" in capsys.readouterr().err
+        assert not (tmp_path / "x.mp4").exists()
+
+    @pytest.mark.parametrize("out", ["missing-folder/out.mp4", "out.avi"])
+    def test_cli_checks_the_output_before_any_graph_runs(self, case, tmp_path, monkeypatch, capsys, out):
+        import video_aot.runtime as runtime
+        from video_aot.runtime.cli import main
+
+        def never(*args, **kwargs):
+            raise AssertionError("the pipeline was loaded before the output path was checked")
+
+        monkeypatch.setattr(runtime, "load_pipeline", never)
+        assert main([case.export_dir, "--out", str(tmp_path / out), *case.cli_args]) == 2
+        assert "--out" in capsys.readouterr().err
+
+    def test_cli_defaults_are_the_pipelines(self, case):
+        """Every flag generate-video builds from __call__ is left to the pipeline's own default."""
+        import inspect
+
+        from video_aot.runtime.cli import build_parser, call_flags
+
+        parser, cls, _ = build_parser([case.export_dir, "--out", "x.mp4"])
+        assert cls is type(case.pipe)
+        args = parser.parse_args([case.export_dir, "--out", "x.mp4"] + case.cli_args)
+        given = {name for name, _, _ in call_flags(cls) if hasattr(args, name)}
+        signature = inspect.signature(cls.__call__).parameters
+        assert given <= set(signature)
+        without_steps = [a for k, a in enumerate(case.cli_args)
+                         if a != "--steps" and (k == 0 or case.cli_args[k - 1] != "--steps")]
+        args = parser.parse_args([case.export_dir, "--out", "x.mp4"] + without_steps)
+        assert "num_inference_steps" in signature and not hasattr(args, "num_inference_steps")
+
+    # ------------------------------------------------------------------ requests over a service
+    def test_server_request_validation(self, case):
+        pipe = case.pipe
+        kwargs = pipe.validate_request(pipe.example_request())
+        assert kwargs["num_inference_steps"] == 1
+        with pytest.raises(ValueError, match="unknown field"):
+            pipe.validate_request({**pipe.example_request(), "not_an_argument": 1})
+        with pytest.raises(ValueError):
+            pipe.validate_request({**pipe.example_request(), "num_inference_steps": 0})
+
+    # ------------------------------------------------------------------ bad inputs
+    def test_bad_latents_and_steps_are_refused(self, case):
+        from video_aot.runtime import ShapeMismatch
+
+        with pytest.raises(ShapeMismatch):
+            case.pipe(**case.inputs, latents=np.zeros((1, 1, 1), np.float32), output_type="np")
+        with pytest.raises(ValueError, match="num_inference_steps"):
+            case.pipe(**{**case.inputs, "num_inference_steps": 0}, output_type="np")
