@@ -33,18 +33,20 @@ import numpy as np
 from .base import ExportedPipeline, VideoOutput
 from .families import FamilySpec
 from .image import OUTPUT_TYPES, postprocess_video
-from .manifest import ExportInvalid, ShapeMismatch
+from .manifest import ShapeMismatch
 from .schedulers import FLOW_MATCH_CLASS_NAMES, linear_quadratic_schedule, make_scheduler
+from .text import T5PromptMixin, prompt_batch_size
 
 logger = logging.getLogger(__name__)
 
 F32 = np.float32
 THRESHOLD_NOISE = 0.025  # MochiPipeline: genmo's infer.py threshold for the linear-quadratic schedule
-CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds")
 
 
-class MochiPipeline(ExportedPipeline):
+class MochiPipeline(T5PromptMixin, ExportedPipeline):
     family = "mochi"
+    tokenizer_hint = "pass prompt_embeds= and prompt_attention_mask= (and the negative ones)"
+    t5_graph_takes_mask = True  # T5 runs with the tokenizer's mask
     graph_names = ("text_encoder", "transformer", "vae_decoder")
     image_inputs = ()
     # diffusers' linear-quadratic schedule needs at least 2 steps (1 step divides by zero there)
@@ -52,7 +54,6 @@ class MochiPipeline(ExportedPipeline):
 
     def __init__(self, export, backend):
         super().__init__(export, backend)
-        self._tokenizer = None
         # diffusers' pipeline config entry (register_to_config); a caller may flip it as in diffusers
         self.force_zeros_for_empty_prompt = bool(self.manifest.get("force_zeros_for_empty_prompt", False))
 
@@ -87,103 +88,15 @@ class MochiPipeline(ExportedPipeline):
                 f"{self.export.describe_shapes()}. Static shapes are fixed at export time: re-export with "
                 f"export-model --frames {num_frames}.")
 
-    def check_inputs(self, prompt, height, width, callback_on_step_end_tensor_inputs, prompt_embeds,
-                     negative_prompt_embeds, prompt_attention_mask, negative_prompt_attention_mask):
-        """diffusers' check_inputs, plus the export's static height and width."""
-        if height % 8 != 0 or width % 8 != 0:
-            raise ValueError(f"`height` and `width` have to be divisible by 8 but are {height} and {width}.")
-        self.check_shapes(height=height, width=width)
-        if callback_on_step_end_tensor_inputs is not None:
-            self.check_callback_inputs(callback_on_step_end_tensor_inputs, CALLBACK_TENSOR_INPUTS)
-        if prompt is not None and prompt_embeds is not None:
-            raise ValueError("Cannot forward both `prompt` and `prompt_embeds`. Please make sure to only forward one "
-                             "of the two.")
-        if prompt is None and prompt_embeds is None:
-            raise ValueError("Provide either `prompt` or `prompt_embeds`. Cannot leave both `prompt` and "
-                             "`prompt_embeds` undefined.")
-        if prompt is not None and not isinstance(prompt, (str, list)):
-            raise ValueError(f"`prompt` has to be of type `str` or `list` but is {type(prompt)}")
-        if prompt_embeds is not None and prompt_attention_mask is None:
-            raise ValueError("Must provide `prompt_attention_mask` when specifying `prompt_embeds`.")
-        if negative_prompt_embeds is not None and negative_prompt_attention_mask is None:
-            raise ValueError("Must provide `negative_prompt_attention_mask` when specifying `negative_prompt_embeds`.")
-        if prompt_embeds is not None and negative_prompt_embeds is not None:
-            if np.shape(prompt_embeds) != np.shape(negative_prompt_embeds):
-                raise ValueError("`prompt_embeds` and `negative_prompt_embeds` must have the same shape when passed "
-                                 f"directly, but got: `prompt_embeds` {np.shape(prompt_embeds)} != "
-                                 f"`negative_prompt_embeds` {np.shape(negative_prompt_embeds)}.")
-            if np.shape(prompt_attention_mask) != np.shape(negative_prompt_attention_mask):
-                raise ValueError("`prompt_attention_mask` and `negative_prompt_attention_mask` must have the same "
-                                 f"shape when passed directly, but got: `prompt_attention_mask` "
-                                 f"{np.shape(prompt_attention_mask)} != `negative_prompt_attention_mask` "
-                                 f"{np.shape(negative_prompt_attention_mask)}.")
-
     # ------------------------------------------------------------------ prompt
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            info = self.manifest.get("tokenizer")
-            if not info:
-                raise ValueError(f"{self.export.root}: this export has no tokenizer (exported with random weights or "
-                                 "from a snapshot without tokenizer/); pass prompt_embeds= and prompt_attention_mask= "
-                                 "(and the negative ones)")
-            folder = self.export.root / info["folder"]
-            if not folder.is_dir():
-                raise ExportInvalid(f"{self.export.root}: the tokenizer folder {info['folder']!r} is missing; "
-                                    "re-export")
-            from transformers import T5TokenizerFast
-
-            self._tokenizer = T5TokenizerFast.from_pretrained(str(folder))
-        return self._tokenizer
-
-    def _get_t5_prompt_embeds(self, prompt, num_videos_per_prompt, max_sequence_length):
-        """(prompt_embeds [B * n, L, D], attention mask [B * n, L]) for the prompts, each repeated
-        num_videos_per_prompt times in a row as diffusers' repeat + view does."""
-        prompt = [prompt] if isinstance(prompt, str) else list(prompt)
-        text_inputs = self.tokenizer(prompt, padding="max_length", max_length=max_sequence_length, truncation=True,
-                                     add_special_tokens=True, return_tensors="np")
-        ids = np.asarray(text_inputs["input_ids"], np.int32)
-        mask = np.asarray(text_inputs["attention_mask"]).astype(bool)
-        # genmo zeroes empty prompts; diffusers tests the last prompt of the list and zeroes them all
-        if self.force_zeros_for_empty_prompt and prompt[-1] == "":
-            ids = np.zeros_like(ids)
-            mask = np.zeros_like(mask)
-        untruncated = self.tokenizer(prompt, padding="longest", return_tensors="np")["input_ids"]
-        if untruncated.shape[-1] >= ids.shape[-1] and not np.array_equal(ids, untruncated):
-            removed = self.tokenizer.batch_decode(untruncated[:, max_sequence_length - 1:-1])
-            logger.warning("The following part of your input was truncated because `max_sequence_length` is set to "
-                           f" {max_sequence_length} tokens: {removed}")
-        # the graph has the export's batch: encode each prompt once per video (identical rows)
-        ids = np.repeat(ids, num_videos_per_prompt, axis=0)
-        mask = np.repeat(mask, num_videos_per_prompt, axis=0)
-        self.check_shapes(batch=ids.shape[0])
-        with self.timed("text_encode"):
-            embeds = self.graphs["text_encoder"](input_ids=ids, attention_mask=mask.astype(np.int32))[0]
-        return embeds.astype(F32), mask
-
     def encode_prompt(self, prompt, negative_prompt=None, do_classifier_free_guidance=True, num_videos_per_prompt=1,
                       prompt_embeds=None, negative_prompt_embeds=None, prompt_attention_mask=None,
                       negative_prompt_attention_mask=None, max_sequence_length=256):
         """diffusers' encode_prompt: (prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
         negative_prompt_attention_mask); masks are bool arrays."""
-        prompt = [prompt] if isinstance(prompt, str) else prompt
-        batch_size = len(prompt) if prompt is not None else np.shape(prompt_embeds)[0]
-        if prompt_embeds is None:
-            prompt_embeds, prompt_attention_mask = self._get_t5_prompt_embeds(prompt, num_videos_per_prompt,
-                                                                              max_sequence_length)
-        if do_classifier_free_guidance and negative_prompt_embeds is None:
-            negative_prompt = negative_prompt or ""
-            negative_prompt = batch_size * [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
-            if prompt is not None and type(prompt) is not type(negative_prompt):
-                raise TypeError(f"`negative_prompt` should be the same type to `prompt`, but got "
-                                f"{type(negative_prompt)} != {type(prompt)}.")
-            if batch_size != len(negative_prompt):
-                raise ValueError(f"`negative_prompt`: {negative_prompt} has batch size {len(negative_prompt)}, but "
-                                 f"`prompt`: {prompt} has batch size {batch_size}. Please make sure that passed "
-                                 "`negative_prompt` matches the batch size of `prompt`.")
-            negative_prompt_embeds, negative_prompt_attention_mask = self._get_t5_prompt_embeds(
-                negative_prompt, num_videos_per_prompt, max_sequence_length)
-        return prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask
+        return self._encode_with_mask(prompt, negative_prompt, do_classifier_free_guidance, num_videos_per_prompt,
+                                      prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
+                                      negative_prompt_attention_mask, max_sequence_length)
 
     def _given_embeds(self, embeds, mask, name, batch, max_sequence_length):
         """User-given embeddings and mask, checked against the graphs' static shapes."""
@@ -252,12 +165,7 @@ class MochiPipeline(ExportedPipeline):
         do_cfg = guidance_scale > 1.0
 
         # 2. call parameters
-        if prompt is not None and isinstance(prompt, str):
-            batch_size = 1
-        elif prompt is not None:
-            batch_size = len(prompt)
-        else:
-            batch_size = np.shape(prompt_embeds)[0]
+        batch_size = prompt_batch_size(prompt, prompt_embeds)
         videos = batch_size * int(num_videos_per_prompt)
         self.check_shapes(batch=videos)
         if prompt is None and num_videos_per_prompt != 1:
