@@ -115,7 +115,8 @@ def decoder_tile_shapes(f: int, h: int, w: int, tiling: TilingConfig, spatial: i
     """Every (T, th, tw) latent tile diffusers' vae.decode runs for latents of F x h x w: temporal
     tiles (framewise decoding, always on) and, with ``spatial_tiling``, the spatial tiles of each."""
     lengths = sorted(set(tile_latent_lengths(f, tiling, temporal)))
-    big = spatial_tiling and (w > tiling.tile_sample_min_width // spatial or h > tiling.tile_sample_min_height // spatial)
+    big = spatial_tiling and (w > tiling.tile_sample_min_width // spatial
+                              or h > tiling.tile_sample_min_height // spatial)
     if big:
         hs = spatial_tiles(h, tiling.tile_sample_min_height // spatial, tiling.tile_sample_stride_height // spatial)
         ws = spatial_tiles(w, tiling.tile_sample_min_width // spatial, tiling.tile_sample_stride_width // spatial)
@@ -190,8 +191,8 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     tiles = TilingConfig()
     shapes = decoder_tile_shapes(f, h, w, tiles, spatial, temporal, bool(tiling))
 
-    _, llama_assets, llama_tok = parts.tokenizer(LLAMA_TOKENIZER_FILES, ("tokenizer.json", ("vocab.json", "merges.txt")),
-                                             name="tokenizer")
+    _, llama_assets, llama_tok = parts.tokenizer(
+        LLAMA_TOKENIZER_FILES, ("tokenizer.json", ("vocab.json", "merges.txt")), name="tokenizer")
     _, clip_assets, clip_tok = parts.tokenizer(CLIP_TOKENIZER_FILES, (("vocab.json", "merges.txt"), "tokenizer.json"),
                                                name="tokenizer_2", required=False)
 

@@ -184,12 +184,12 @@ class HunyuanVideoPipeline(ExportedPipeline):
         total = max_sequence_length + crop_start
         length = self.manifest["text_encoder"]["length"]
         if total > length:
+            room = self.manifest["text_encoder"]["max_crop_start"]
             raise ShapeMismatch(
                 f"the prompt template crops {crop_start} tokens, so the Llama encoder would take {total} tokens, but "
                 f"this export's text encoder takes {length} (max_sequence_length "
-                f"{self.shapes['max_sequence_length']} + crop_start {self.manifest['text_encoder']['max_crop_start']}); "
-                "use a template with crop_start <= "
-                f"{self.manifest['text_encoder']['max_crop_start']}, or re-export with crop_start={crop_start}")
+                f"{self.shapes['max_sequence_length']} + crop_start {room}); use a template with crop_start <= "
+                f"{room}, or re-export with crop_start={crop_start}")
         inputs = tokenizer(prompt, max_length=total, padding="max_length", truncation=True, return_tensors="np",
                            return_attention_mask=True)
         ids = np.asarray(inputs["input_ids"], np.int64)
@@ -202,7 +202,8 @@ class HunyuanVideoPipeline(ExportedPipeline):
         mask = np.repeat(mask, num_videos_per_prompt, axis=0)
         self.check_shapes(batch=ids.shape[0])
         with self.timed("text_encode"):
-            hidden = self.graphs["text_encoder"](input_ids=ids.astype(np.int32), attention_mask=mask.astype(np.int32))[0]
+            hidden = self.graphs["text_encoder"](input_ids=ids.astype(np.int32),
+                                                 attention_mask=mask.astype(np.int32))[0]
         if crop_start > 0:
             hidden, mask = hidden[:, crop_start:total], mask[:, crop_start:total]
         else:
