@@ -240,6 +240,30 @@ def test_free_init_matches_diffusers(snapshots, pipes, monkeypatch, fast, method
     assert float(np.abs(plain - ours).max()) > 1e-2
 
 
+def test_video_to_video_free_init_matches_diffusers(snapshots, v2v, monkeypatch):
+    """diffusers' V2V re-applies strength to each FreeInit pass's schedule; so does the runtime."""
+    from diffusers import AnimateDiffVideoToVideoPipeline
+
+    frames, height, width, _ = SHAPES["mid"]
+    _, ref = snapshots["mid"]
+    video = np.random.default_rng(12).random((frames, height, width, 3)).astype(np.float32)
+    options = dict(num_iters=2, use_fast_sampling=False, method="ideal", spatial_stop_frequency=0.5,
+                   temporal_stop_frequency=0.5)
+    v2v.enable_free_init(**options)
+    try:
+        ours = v2v(video=video, prompt=PROMPT, strength=0.75, num_inference_steps=4, guidance_scale=7.5, seed=13,
+                   output_type="np", **_ours_scheduler("seed-ddim")).frames
+    finally:
+        v2v.disable_free_init()
+    _numpy_noise(monkeypatch, 13)
+    pipe = AnimateDiffVideoToVideoPipeline(**{**ref.components, "scheduler": _scheduler(ref, "seed-ddim")})
+    pipe.set_progress_bar_config(disable=True)
+    pipe.enable_free_init(**options)
+    expected = pipe(video=[video[i] for i in range(frames)], prompt=PROMPT, strength=0.75, num_inference_steps=4,
+                    guidance_scale=7.5, height=height, width=width, output_type="np").frames
+    _check("animatediff v2v FreeInit ideal", ours, expected)
+
+
 def test_free_init_filters_match_diffusers():
     from diffusers.pipelines.free_init_utils import FreeInitMixin
 
@@ -302,6 +326,10 @@ def test_generate_video_and_request_validation(exports, pipes, tmp_path):
     assert main([str(exports["mid"]), "--prompt", "a cat", "--steps", "1", "--seed", "1", "--out", str(out),
                  "--backend", "mindspore"]) == 0
     assert read_video(out)[0].shape == (3, 16, 24, 3)
+    out2 = tmp_path / "ad-v2v.mp4"  # --video picks AnimateDiffVideoToVideoPipeline
+    assert main([str(exports["mid"]), "--prompt", "a dog", "--video", str(out), "--strength", "0.6", "--steps", "2",
+                 "--seed", "2", "--out", str(out2), "--backend", "mindspore"]) == 0
+    assert read_video(out2)[0].shape == (3, 16, 24, 3)
     pipe = pipes["mid"]
     kwargs = pipe.validate_request(pipe.example_request())
     assert kwargs
