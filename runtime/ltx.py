@@ -22,11 +22,11 @@ from .families import FamilySpec
 from .image import OUTPUT_TYPES, as_image_list, postprocess_video, vae_image_inputs
 from .manifest import ExportInvalid, ShapeMismatch
 from .schedulers import make_scheduler
+from .text import T5PromptMixin
 
 logger = logging.getLogger(__name__)
 
 F32 = np.float32
-CALLBACK_TENSORS = ("latents", "prompt_embeds", "negative_prompt_embeds")
 
 
 def pack_latents(latents, p: int = 1, pt: int = 1):
@@ -52,17 +52,14 @@ def rescale_noise_cfg(noise_cfg, noise_pred_text, guidance_rescale: float = 0.0)
     return (guidance_rescale * rescaled + (1 - guidance_rescale) * noise_cfg).astype(F32)
 
 
-class _LTXBase(ExportedPipeline):
+class _LTXBase(T5PromptMixin, ExportedPipeline):
     family = "ltx"
+    size_multiple = 32
     graph_names = ("text_encoder", "transformer", "vae_decoder", "vae_encoder")
     image_inputs = ()
     # one step with shift_terminal: sigmas [1.0] are stretched by 0 / 0 (diffusers returns NaN frames)
     request_limits = {"num_inference_steps": (2, 500), "guidance_scale": (0.0, 50.0), "guidance_rescale": (0.0, 1.0), "frame_rate": (1, 240),
                       "decode_timestep": (0.0, 1.0), "decode_noise_scale": (0.0, 1.0)}
-
-    def __init__(self, export, backend):
-        super().__init__(export, backend)
-        self._tokenizer = None
 
     # ------------------------------------------------------------------ requests
     def request_schema(self) -> dict:
@@ -94,33 +91,14 @@ class _LTXBase(ExportedPipeline):
                 f"{m['shapes']['num_frames']}, height={m['shapes']['height']}, width={m['shapes']['width']}). Static "
                 f"shapes are fixed at export time: re-export with export-model --frames {num_frames}.")
 
-    def check_inputs(self, prompt, height, width, callback_on_step_end_tensor_inputs, prompt_embeds,
-                     negative_prompt_embeds, prompt_attention_mask, negative_prompt_attention_mask):
-        if height % 32 != 0 or width % 32 != 0:
-            raise ValueError(f"`height` and `width` have to be divisible by 32 but are {height} and {width}.")
-        self.check_shapes(height=height, width=width)
-        self.check_callback_inputs(callback_on_step_end_tensor_inputs, CALLBACK_TENSORS)
-        if prompt is not None and prompt_embeds is not None:
-            raise ValueError("Cannot forward both `prompt` and `prompt_embeds`; pass only one of them.")
-        if prompt is None and prompt_embeds is None:
-            raise ValueError("Provide either `prompt` or `prompt_embeds`.")
-        if prompt is not None and not isinstance(prompt, (str, list)):
-            raise ValueError(f"`prompt` has to be of type `str` or `list` but is {type(prompt)}")
-        if prompt_embeds is not None and prompt_attention_mask is None:
-            raise ValueError("Must provide `prompt_attention_mask` when specifying `prompt_embeds`.")
-        if negative_prompt_embeds is not None and negative_prompt_attention_mask is None:
-            raise ValueError("Must provide `negative_prompt_attention_mask` when specifying `negative_prompt_embeds`.")
-        if prompt_embeds is not None and negative_prompt_embeds is not None:
-            if np.shape(prompt_embeds) != np.shape(negative_prompt_embeds):
-                raise ValueError("`prompt_embeds` and `negative_prompt_embeds` must have the same shape when passed "
-                                 f"directly, but got {np.shape(prompt_embeds)} != {np.shape(negative_prompt_embeds)}.")
-            if np.shape(prompt_attention_mask) != np.shape(negative_prompt_attention_mask):
-                raise ValueError("`prompt_attention_mask` and `negative_prompt_attention_mask` must have the same shape "
-                                 "when passed directly.")
-
     def _check_call(self, prompt, height, width, num_frames, num_inference_steps, timesteps, max_sequence_length,
                     attention_kwargs, callback_inputs, prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
                     negative_prompt_attention_mask, num_videos_per_prompt):
+        """The checks both calls start with; returns height, width, num_frames and max_sequence_length,
+        each left at None taking the exported value (for the presets diffusers' defaults 512x704, 161
+        frames, 128 tokens)."""
+        height, width, num_frames, max_sequence_length = self.exported_defaults(
+            height=height, width=width, num_frames=num_frames, max_sequence_length=max_sequence_length)
         self.check_inputs(prompt, height, width, callback_inputs, prompt_embeds, negative_prompt_embeds,
                           prompt_attention_mask, negative_prompt_attention_mask)
         self.check_frames(num_frames)
@@ -138,63 +116,15 @@ class _LTXBase(ExportedPipeline):
             raise ShapeMismatch(f"max_sequence_length={max_sequence_length}, but the text encoder and transformer were "
                                 f"exported for {exported} tokens; re-export with max_sequence_length="
                                 f"{max_sequence_length}")
+        return height, width, num_frames, max_sequence_length
 
     # ------------------------------------------------------------------ prompt
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            info = self.manifest.get("tokenizer")
-            if not info:
-                raise ValueError(f"{self.export.root}: this export has no tokenizer (exported with random weights or "
-                                 "from a snapshot without tokenizer/); pass prompt_embeds= and prompt_attention_mask=")
-            folder = self.export.root / info["folder"]
-            if not folder.is_dir():
-                raise ExportInvalid(f"{self.export.root}: the tokenizer folder {info['folder']!r} is missing; re-export")
-            from transformers import T5TokenizerFast
-
-            self._tokenizer = T5TokenizerFast.from_pretrained(str(folder))
-        return self._tokenizer
-
-    def _get_t5_prompt_embeds(self, prompt, num_videos_per_prompt, max_sequence_length):
-        """(embeds [B * n, L, D], mask [B * n, L]); each prompt encoded n times in a row, which is
-        diffusers' repeat after one encoding (T5 rows are independent) and fills the static batch."""
-        prompt = [prompt] if isinstance(prompt, str) else list(prompt)
-        text_inputs = self.tokenizer(prompt, padding="max_length", max_length=max_sequence_length, truncation=True,
-                                     add_special_tokens=True, return_tensors="np")
-        ids = np.asarray(text_inputs["input_ids"], np.int32)
-        mask = np.asarray(text_inputs["attention_mask"]).astype(bool)
-        untruncated = self.tokenizer(prompt, padding="longest", return_tensors="np")["input_ids"]
-        if untruncated.shape[-1] >= ids.shape[-1] and not np.array_equal(ids, untruncated):
-            removed = self.tokenizer.batch_decode(untruncated[:, max_sequence_length - 1:-1])
-            logger.warning("The following part of your input was truncated because `max_sequence_length` is set to "
-                           f" {max_sequence_length} tokens: {removed}")
-        ids = np.repeat(ids, num_videos_per_prompt, axis=0)
-        mask = np.repeat(mask, num_videos_per_prompt, axis=0)
-        self.check_shapes(batch=ids.shape[0])
-        with self.timed("text_encode"):
-            embeds = self.graphs["text_encoder"](ids)[0]
-        return embeds.astype(F32), mask
-
     def encode_prompt(self, prompt, negative_prompt=None, do_classifier_free_guidance=True, num_videos_per_prompt=1,
                       prompt_embeds=None, negative_prompt_embeds=None, prompt_attention_mask=None,
                       negative_prompt_attention_mask=None, max_sequence_length=128):
-        prompt = [prompt] if isinstance(prompt, str) else prompt
-        batch_size = len(prompt) if prompt is not None else np.shape(prompt_embeds)[0]
-        if prompt_embeds is None:
-            prompt_embeds, prompt_attention_mask = self._get_t5_prompt_embeds(prompt, num_videos_per_prompt,
-                                                                              max_sequence_length)
-        if do_classifier_free_guidance and negative_prompt_embeds is None:
-            negative_prompt = negative_prompt or ""
-            negative_prompt = batch_size * [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
-            if prompt is not None and type(prompt) is not type(negative_prompt):
-                raise TypeError(f"`negative_prompt` should be the same type to `prompt`, but got "
-                                f"{type(negative_prompt)} != {type(prompt)}.")
-            if batch_size != len(negative_prompt):
-                raise ValueError(f"`negative_prompt`: {negative_prompt} has batch size {len(negative_prompt)}, but "
-                                 f"`prompt`: {prompt} has batch size {batch_size}.")
-            negative_prompt_embeds, negative_prompt_attention_mask = self._get_t5_prompt_embeds(
-                negative_prompt, num_videos_per_prompt, max_sequence_length)
-        return prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask
+        return self._encode_with_mask(prompt, negative_prompt, do_classifier_free_guidance, num_videos_per_prompt,
+                                      prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
+                                      negative_prompt_attention_mask, max_sequence_length)
 
     def _text_pair(self, prompt, negative_prompt, do_cfg, num_videos_per_prompt, prompt_embeds,
                    negative_prompt_embeds, prompt_attention_mask, negative_prompt_attention_mask,
@@ -343,13 +273,11 @@ class LTXPipeline(_LTXBase):
                  decode_noise_scale: float | None = None, output_type: str = "pil", return_dict: bool = True,
                  attention_kwargs=None, callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",),
                  max_sequence_length: int | None = None, seed: int | None = None, scheduler: str | None = None):
-        # 1. check inputs (height, width, num_frames, max_sequence_length left at None: the exported values,
-        # which for the presets are diffusers' defaults 512x704, 161 frames, 128 tokens)
-        height, width, num_frames, max_sequence_length = self.exported_defaults(
-            height=height, width=width, num_frames=num_frames, max_sequence_length=max_sequence_length)
-        self._check_call(prompt, height, width, num_frames, num_inference_steps, timesteps, max_sequence_length,
-                         attention_kwargs, callback_on_step_end_tensor_inputs, prompt_embeds, negative_prompt_embeds,
-                         prompt_attention_mask, negative_prompt_attention_mask, num_videos_per_prompt)
+        # 1. check inputs
+        height, width, num_frames, max_sequence_length = self._check_call(
+            prompt, height, width, num_frames, num_inference_steps, timesteps, max_sequence_length,
+            attention_kwargs, callback_on_step_end_tensor_inputs, prompt_embeds, negative_prompt_embeds,
+            prompt_attention_mask, negative_prompt_attention_mask, num_videos_per_prompt)
         rng = self.make_generator(generator, seed)
         do_cfg = guidance_scale > 1.0
 
@@ -399,13 +327,11 @@ class LTXImageToVideoPipeline(_LTXBase):
                  attention_kwargs=None, callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",),
                  max_sequence_length: int | None = None, seed: int | None = None, scheduler: str | None = None):
         m = self.manifest
-        # 1. check inputs (height, width, num_frames, max_sequence_length left at None: the exported values,
-        # which for the presets are diffusers' defaults 512x704, 161 frames, 128 tokens)
-        height, width, num_frames, max_sequence_length = self.exported_defaults(
-            height=height, width=width, num_frames=num_frames, max_sequence_length=max_sequence_length)
-        self._check_call(prompt, height, width, num_frames, num_inference_steps, timesteps, max_sequence_length,
-                         attention_kwargs, callback_on_step_end_tensor_inputs, prompt_embeds, negative_prompt_embeds,
-                         prompt_attention_mask, negative_prompt_attention_mask, num_videos_per_prompt)
+        # 1. check inputs
+        height, width, num_frames, max_sequence_length = self._check_call(
+            prompt, height, width, num_frames, num_inference_steps, timesteps, max_sequence_length,
+            attention_kwargs, callback_on_step_end_tensor_inputs, prompt_embeds, negative_prompt_embeds,
+            prompt_attention_mask, negative_prompt_attention_mask, num_videos_per_prompt)
         if latents is None and image is None:
             raise ValueError("LTXImageToVideoPipeline needs `image` (or packed `latents=`)")
         rng = self.make_generator(generator, seed)
