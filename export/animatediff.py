@@ -36,7 +36,7 @@ from mindspore import nn, ops
 from video_aot.models.loading import read_json
 
 from .components import Components
-from .graphs import GraphSpec, TensorSpec, VaeDecode, relax_tolerance
+from .graphs import GraphSpec, TensorSpec, VaeDecode, check_decode_chunk_size, relax_tolerance
 from .t2v import TOKENIZER_FILES, TextEncode, VaeEncode
 
 TOKENIZER_USABLE = ("tokenizer.json", ("vocab.json", "merges.txt"))
@@ -86,8 +86,8 @@ def load_motion_unet(comps: Components, frames: int):
 def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: int, batch: int = 1,
          dtype: str = "fp32", decode_chunk_size: int | None = None, variant: str | None = None):
     """(graphs, manifest fields) for an AnimateDiffPipeline / AnimateDiffVideoToVideoPipeline export.
-    ``decode_chunk_size`` defaults to diffusers' 16 (capped at batch x frames; the 2-D VAE decodes every
-    frame on its own, so the chunk changes memory, not the frames)."""
+    ``decode_chunk_size`` (1 .. batch x frames) defaults to diffusers' 16, capped at batch x frames (the 2-D
+    VAE decodes every frame on its own, so the chunk changes memory, not the frames)."""
     comps = Components(snapshot, weights, variant, dtype)
     index = read_json(snapshot / "model_index.json")
     pipeline = index["_class_name"]
@@ -110,10 +110,7 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
         raise ValueError(f"`height` and `width` have to be divisible by 8 (and by the VAE factor {scale}) "
                          f"but are {height} and {width}.")
     total = batch * frames
-    chunk = 16 if decode_chunk_size is None else int(decode_chunk_size)
-    if chunk < 1:
-        raise ValueError(f"decode_chunk_size must be a positive number of frames, got {decode_chunk_size}")
-    chunk = min(chunk, total)
+    chunk = check_decode_chunk_size(decode_chunk_size, total, default=16)  # diffusers' default 16
 
     # component compatibility
     latent = vae_cfg.get("latent_channels", 4)

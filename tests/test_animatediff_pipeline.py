@@ -304,6 +304,11 @@ def test_num_frames_over_the_motion_limit_is_refused(snapshots, pipes, tmp_path)
     with pytest.raises(ValueError, match="num_frames=9 exceeds the motion adapter's motion_max_seq_length=8"):
         export_model(str(snapshots["mid"][0]), str(tmp_path / "nine"), frames=9, height=16, width=16,
                      log=lambda *a: None)
+    with pytest.raises(ValueError, match="decode_chunk_size must be an integer from 1 to 3"):
+        export_model(str(snapshots["mid"][0]), str(tmp_path / "chunk"), frames=3, height=16, width=16,
+                     decode_chunk_size=4, log=lambda *a: None)
+    with pytest.raises(ShapeMismatch, match="decode_chunk_size=2"):
+        pipes["mid"](PROMPT, decode_chunk_size=3, num_inference_steps=1)
 
 
 def test_bad_inputs_get_clear_errors(pipes, v2v):
