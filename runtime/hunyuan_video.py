@@ -99,9 +99,6 @@ class HunyuanVideoPipeline(ExportedPipeline):
             schema["scheduler"]["enum"] = sorted(FLOW_MATCH_CLASS_NAMES)
         return schema
 
-    def example_request(self) -> dict:
-        return {**super().example_request(), "num_inference_steps": 2}
-
     def check_request(self, kwargs: dict):
         if "num_frames" in kwargs:
             self.check_frames(kwargs["num_frames"])
