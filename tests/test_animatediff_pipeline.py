@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline_suite import PipelineSuite, SuiteCase
 from tiny import rel_l2
 from tiny_animatediff import animatediff_unet, motion_adapter
 from tiny_t2v import clip_text, clip_tokenizer, vae, write_clip_tokenizer
@@ -323,18 +324,33 @@ def test_bad_inputs_get_clear_errors(pipes, v2v):
         pipe.enable_free_init(method="box")
 
 
-def test_generate_video_and_request_validation(exports, pipes, tmp_path):
+def test_generate_video_video_to_video(exports, tmp_path):
     from video_aot.runtime.cli import main
-    from video_aot.runtime.video_io import read_video
+    from video_aot.runtime.video_io import read_video, write_video
 
-    out = tmp_path / "ad.mp4"
-    assert main([str(exports["mid"]), "--prompt", "a cat", "--steps", "1", "--seed", "1", "--out", str(out),
-                 "--backend", "mindspore"]) == 0
+    source = tmp_path / "in.mp4"
+    write_video(source, np.random.default_rng(3).integers(0, 255, (3, 16, 24, 3), dtype=np.uint8), fps=8)
+    out = tmp_path / "ad-v2v.mp4"  # --video picks AnimateDiffVideoToVideoPipeline
+    assert main([str(exports["mid"]), "--prompt", "a dog", "--video", str(source), "--strength", "0.6", "--steps", "2",
+                 "--seed", "2", "--out", str(out), "--backend", "mindspore"]) == 0
     assert read_video(out)[0].shape == (3, 16, 24, 3)
-    out2 = tmp_path / "ad-v2v.mp4"  # --video picks AnimateDiffVideoToVideoPipeline
-    assert main([str(exports["mid"]), "--prompt", "a dog", "--video", str(out), "--strength", "0.6", "--steps", "2",
-                 "--seed", "2", "--out", str(out2), "--backend", "mindspore"]) == 0
-    assert read_video(out2)[0].shape == (3, 16, 24, 3)
-    pipe = pipes["mid"]
-    kwargs = pipe.validate_request(pipe.example_request())
-    assert kwargs
+
+
+# ----------------------------------------------------------------------------- the shared pipeline suite
+class TestSuite(PipelineSuite):
+    """latents= parity (the seed's DDIM), generate-video, an unexported frame count, request validation."""
+
+    @pytest.fixture(scope="class")
+    def case(self, snapshots, exports, pipes):
+        _, ref = snapshots["mid"]
+        frames, height, width, _ = SHAPES["mid"]
+        inputs = dict(prompt=PROMPT, negative_prompt="blurry", num_inference_steps=2, guidance_scale=7.5,
+                      **_ours_scheduler("seed-ddim"))
+
+        def reference(inputs, latents):
+            kwargs = {k: v for k, v in inputs.items() if k not in ("scheduler", "scheduler_overrides")}
+            return _reference(ref, "seed-ddim")(**kwargs, num_frames=frames, height=height, width=width,
+                                                latents=torch.from_numpy(latents), output_type="np").frames
+
+        return SuiteCase(pipe=pipes["mid"], export_dir=str(exports["mid"]), inputs=inputs, reference=reference,
+                         cli_args=["--prompt", "a cat", "--steps", "1", "--seed", "0"])
