@@ -23,6 +23,7 @@ from .families import FamilySpec
 from .image import OUTPUT_TYPES, as_image_list, open_image, postprocess_video, vae_image_inputs
 from .manifest import ExportInvalid, ShapeMismatch
 from .schedulers import get_timesteps_for_strength, make_cogvideox_scheduler
+from .text import T5PromptMixin, check_prompt_or_embeds, t5_negative_prompts
 from .vae import run_causal, stitch_tiles
 
 logger = logging.getLogger(__name__)
@@ -30,8 +31,9 @@ logger = logging.getLogger(__name__)
 F32 = np.float32
 
 
-class _CogVideoXBase(ExportedPipeline):
+class _CogVideoXBase(T5PromptMixin, ExportedPipeline):
     family = "cogvideox"
+    tokenizer_hint = "pass prompt_embeds= and negative_prompt_embeds="
     graph_names = ("text_encoder", "transformer", "vae_decoder_first", "vae_decoder", "vae_encoder_first",
                    "vae_encoder")
     image_inputs = ()
@@ -39,7 +41,6 @@ class _CogVideoXBase(ExportedPipeline):
 
     def __init__(self, export, backend):
         super().__init__(export, backend)
-        self._tokenizer = None
         self.use_tiling = False
         for name in self.manifest["graphs"]:
             if name.startswith(("vae_decoder_tile_", "vae_encoder_tile_")) and name not in self.graphs:
@@ -96,32 +97,11 @@ class _CogVideoXBase(ExportedPipeline):
         self.check_shapes(height=height, width=width)
 
     # ------------------------------------------------------------------ prompt
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            info = self.manifest.get("tokenizer")
-            if not info:
-                raise ValueError(f"{self.export.root}: this export has no tokenizer (exported with random weights or "
-                                 "from a snapshot without tokenizer/); pass prompt_embeds= and negative_prompt_embeds=")
-            folder = self.export.root / info["folder"]
-            if not folder.is_dir():
-                raise ExportInvalid(f"{self.export.root}: the tokenizer folder {info['folder']!r} is missing; re-export")
-            from transformers import T5TokenizerFast
-
-            self._tokenizer = T5TokenizerFast.from_pretrained(str(folder))
-        return self._tokenizer
-
-    def _get_t5_prompt_embeds(self, prompt, max_sequence_length):
+    def _t5_embeds(self, prompt, max_sequence_length):
+        """[B, L, D] for the prompts (CogVideoX's T5 runs without the mask, one row per prompt)."""
         prompt = [prompt] if isinstance(prompt, str) else list(prompt)
         self.check_shapes(batch=len(prompt))
-        text_inputs = self.tokenizer(prompt, padding="max_length", max_length=max_sequence_length, truncation=True,
-                                     add_special_tokens=True, return_tensors="np")
-        ids = np.asarray(text_inputs["input_ids"], np.int32)
-        untruncated = self.tokenizer(prompt, padding="longest", return_tensors="np")["input_ids"]
-        if untruncated.shape[-1] >= ids.shape[-1] and not np.array_equal(ids, untruncated):
-            removed = self.tokenizer.batch_decode(untruncated[:, max_sequence_length - 1:-1])
-            logger.warning("The following part of your input was truncated because `max_sequence_length` is set to "
-                           f" {max_sequence_length} tokens: {removed}")
+        ids, _ = self._t5_ids(prompt, max_sequence_length)
         with self.timed("text_encode"):
             return self.graphs["text_encoder"](ids)[0]
 
@@ -131,30 +111,18 @@ class _CogVideoXBase(ExportedPipeline):
         batch_size = len(prompt) if prompt is not None else np.shape(prompt_embeds)[0]
         shape = (batch_size, max_sequence_length, self.manifest["text_encoder"]["hidden_size"])
         if prompt_embeds is None:
-            prompt_embeds = self._get_t5_prompt_embeds(prompt, max_sequence_length)
+            prompt_embeds = self._t5_embeds(prompt, max_sequence_length)
         else:
             prompt_embeds = self.check_latents(prompt_embeds, shape)
         if do_classifier_free_guidance and negative_prompt_embeds is None:
-            negative_prompt = negative_prompt or ""
-            negative_prompt = batch_size * [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
-            if prompt is not None and type(prompt) is not type(negative_prompt):
-                raise TypeError(f"`negative_prompt` should be the same type to `prompt`, but got "
-                                f"{type(negative_prompt)} != {type(prompt)}.")
-            if batch_size != len(negative_prompt):
-                raise ValueError(f"`negative_prompt`: {negative_prompt} has batch size {len(negative_prompt)}, but "
-                                 f"`prompt`: {prompt} has batch size {batch_size}.")
-            negative_prompt_embeds = self._get_t5_prompt_embeds(negative_prompt, max_sequence_length)
+            negative_prompt = t5_negative_prompts(prompt, negative_prompt, batch_size)
+            negative_prompt_embeds = self._t5_embeds(negative_prompt, max_sequence_length)
         elif negative_prompt_embeds is not None:
             negative_prompt_embeds = self.check_latents(negative_prompt_embeds, shape)
         return prompt_embeds.astype(F32), negative_prompt_embeds
 
     def check_inputs(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, max_sequence_length):
-        if prompt is not None and prompt_embeds is not None:
-            raise ValueError("Cannot forward both `prompt` and `prompt_embeds`; pass only one of them.")
-        if prompt is None and prompt_embeds is None:
-            raise ValueError("Provide either `prompt` or `prompt_embeds`.")
-        if prompt is not None and not isinstance(prompt, (str, list)):
-            raise ValueError(f"`prompt` has to be of type `str` or `list` but is {type(prompt)}")
+        check_prompt_or_embeds(prompt, prompt_embeds)
         if prompt is not None and negative_prompt_embeds is not None:
             raise ValueError("Cannot forward both `prompt` and `negative_prompt_embeds`.")
         if negative_prompt is not None and negative_prompt_embeds is not None:

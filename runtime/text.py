@@ -39,14 +39,14 @@ def warn_truncated(tokenizer, texts, ids, max_length: int, limit: str, log: logg
     if untruncated.shape[-1] >= ids.shape[-1] and not np.array_equal(ids, untruncated):
         removed = tokenizer.batch_decode(untruncated[:, max_length - 1:-1])
         log.warning(f"The following part of your input was truncated because {limit} {max_length} tokens: "
-                       f"{removed}")
+                    f"{removed}")
 
 
 def prompt_batch_size(prompt, prompt_embeds) -> int:
     """diffusers' batch size: 1 for a str prompt, the list's length, else prompt_embeds' first axis."""
-    if prompt is not None and isinstance(prompt, str):
+    if isinstance(prompt, str):
         return 1
-    if prompt is not None and isinstance(prompt, list):
+    if isinstance(prompt, list):
         return len(prompt)
     return np.shape(prompt_embeds)[0]
 
