@@ -23,6 +23,7 @@ from .families import FamilySpec
 from .image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, open_image
 from .manifest import ShapeMismatch
 from .t2v import _UNet3DPipeline
+from .text import prompt_batch_size, sd_uncond_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -141,48 +142,18 @@ class I2VGenXLPipeline(_UNet3DPipeline):
         if clip_skip is not None:
             self.check_number("clip_skip", clip_skip, minimum=0, maximum=layers, integer=True)
         layer = int(clip_skip or 0)  # graph index k = clip_skip k; None and 0 are the last hidden state
-        if prompt is not None and isinstance(prompt, str):
-            batch_size = 1
-        elif prompt is not None and isinstance(prompt, list):
-            batch_size = len(prompt)
-        else:
-            batch_size = np.shape(prompt_embeds)[0]
+        batch_size = prompt_batch_size(prompt, prompt_embeds)
 
         if prompt_embeds is None:
             texts = [prompt] if isinstance(prompt, str) else list(prompt)
-            text_inputs = self._tokenize(texts, max_length)
-            untruncated_ids = self.tokenizer(texts, padding="longest", return_tensors="np")["input_ids"]
-            if untruncated_ids.shape[-1] >= text_inputs["input_ids"].shape[-1] and not np.array_equal(
-                text_inputs["input_ids"], untruncated_ids
-            ):
-                removed_text = self.tokenizer.batch_decode(untruncated_ids[:, max_length - 1:-1])
-                logger.warning(
-                    "The following part of your input was truncated because CLIP can only handle sequences up to"
-                    f" {max_length} tokens: {removed_text}"
-                )
+            text_inputs = self._tokenize_prompt(texts, max_length, logger)
             prompt_embeds = self._text_encoder(text_inputs)[:, layer]
         else:
             prompt_embeds = self._embeds("prompt_embeds", prompt_embeds, batch_size, max_length, hidden)
         prompt_embeds = np.repeat(prompt_embeds.astype(F32), num_videos_per_prompt, axis=0)
 
         if do_classifier_free_guidance and negative_prompt_embeds is None:
-            if negative_prompt is None:
-                uncond_tokens = [""] * batch_size
-            elif prompt is not None and type(prompt) is not type(negative_prompt):
-                raise TypeError(
-                    f"`negative_prompt` should be the same type to `prompt`, but got {type(negative_prompt)} !="
-                    f" {type(prompt)}."
-                )
-            elif isinstance(negative_prompt, str):
-                uncond_tokens = [negative_prompt]
-            elif batch_size != len(negative_prompt):
-                raise ValueError(
-                    f"`negative_prompt`: {negative_prompt} has batch size {len(negative_prompt)}, but `prompt`:"
-                    f" {prompt} has batch size {batch_size}. Please make sure that passed `negative_prompt` matches"
-                    " the batch size of `prompt`."
-                )
-            else:
-                uncond_tokens = list(negative_prompt)
+            uncond_tokens = sd_uncond_tokens(prompt, negative_prompt, batch_size)
             if len(uncond_tokens) != batch_size:  # a str negative prompt with a list of prompts: diffusers fails later
                 raise ValueError(f"one negative prompt was given for {batch_size} prompts; pass a list of "
                                  f"{batch_size} negative prompts")
@@ -275,12 +246,7 @@ class I2VGenXLPipeline(_UNet3DPipeline):
         images = as_pil_images(image)
 
         # 2. define call parameters
-        if prompt is not None and isinstance(prompt, str):
-            batch_size = 1
-        elif prompt is not None and isinstance(prompt, list):
-            batch_size = len(prompt)
-        else:
-            batch_size = np.shape(prompt_embeds)[0]
+        batch_size = prompt_batch_size(prompt, prompt_embeds)
         if len(images) != batch_size:
             raise ValueError(f"got {len(images)} image(s) for {batch_size} prompt(s); I2VGenXLUNet attends to each "
                              "prompt with its own image, so pass one image per prompt")

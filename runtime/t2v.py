@@ -19,6 +19,7 @@ from .families import FamilySpec
 from .image import OUTPUT_TYPES, postprocess_video
 from .manifest import ExportInvalid, ShapeMismatch
 from .schedulers import add_noise, get_timesteps_for_strength, make_scheduler
+from .text import load_tokenizer, prompt_batch_size, sd_uncond_tokens, warn_truncated
 from .vae import run_chunks
 
 logger = logging.getLogger(__name__)
@@ -42,20 +43,12 @@ class _UNet3DPipeline(ExportedPipeline):
     def tokenizer(self):
         """The export's CLIPTokenizer (copied from the snapshot's tokenizer/ folder at export time)."""
         if self._tokenizer is None:
-            info = self.manifest.get("tokenizer")
-            if not info:
-                raise ValueError(
-                    f"{self.export.root}: this export has no tokenizer (it was exported with random weights or "
-                    "from a snapshot without tokenizer/), so it cannot tokenize a text prompt. Pass "
-                    "prompt_embeds= (and negative_prompt_embeds= when guidance_scale > 1), or re-export from a "
-                    "snapshot whose tokenizer/ folder holds vocab.json and merges.txt."
-                )
-            folder = self.export.root / info["folder"]
-            if not folder.is_dir():
-                raise ExportInvalid(f"{self.export.root}: the tokenizer folder {info['folder']!r} is missing; re-export")
-            from transformers import CLIPTokenizer
-
-            self._tokenizer = CLIPTokenizer.from_pretrained(str(folder))
+            self._tokenizer = load_tokenizer(
+                self, "CLIPTokenizer",
+                "this export has no tokenizer (it was exported with random weights or from a snapshot without "
+                "tokenizer/), so it cannot tokenize a text prompt. Pass prompt_embeds= (and negative_prompt_embeds= "
+                "when guidance_scale > 1), or re-export from a snapshot whose tokenizer/ folder holds vocab.json and "
+                "merges.txt.")
         return self._tokenizer
 
     def _text_encoder(self, text_inputs) -> np.ndarray:
@@ -71,6 +64,13 @@ class _UNet3DPipeline(ExportedPipeline):
         return self.tokenizer(texts, padding="max_length", max_length=max_length, truncation=True,
                               return_tensors="np")
 
+    def _tokenize_prompt(self, texts, max_length, log=logger):
+        """``_tokenize`` with diffusers' warning (on ``log``) when CLIP's max_length cut the prompt off."""
+        text_inputs = self._tokenize(texts, max_length)
+        warn_truncated(self.tokenizer, texts, text_inputs["input_ids"], max_length,
+                       "CLIP can only handle sequences up to", log)
+        return text_inputs
+
     def encode_prompt(self, prompt, do_classifier_free_guidance: bool, negative_prompt=None,
                       prompt_embeds=None, negative_prompt_embeds=None, clip_skip=None):
         """diffusers' ``encode_prompt`` (num_images_per_prompt=1): returns (prompt_embeds,
@@ -80,49 +80,18 @@ class _UNet3DPipeline(ExportedPipeline):
         layers, max_length, hidden = te["num_hidden_layers"], te["max_length"], te["hidden_size"]
         if clip_skip is not None:
             self.check_number("clip_skip", clip_skip, minimum=0, maximum=layers, integer=True)
-        if prompt is not None and isinstance(prompt, str):
-            batch_size = 1
-        elif prompt is not None and isinstance(prompt, list):
-            batch_size = len(prompt)
-        else:
-            batch_size = np.shape(prompt_embeds)[0]
+        batch_size = prompt_batch_size(prompt, prompt_embeds)
 
         if prompt_embeds is None:
             texts = [prompt] if isinstance(prompt, str) else list(prompt)
             self.check_shapes(batch=len(texts))
-            text_inputs = self._tokenize(texts, max_length)
-            text_input_ids = text_inputs["input_ids"]
-            untruncated_ids = self.tokenizer(texts, padding="longest", return_tensors="np")["input_ids"]
-            if untruncated_ids.shape[-1] >= text_input_ids.shape[-1] and not np.array_equal(
-                text_input_ids, untruncated_ids
-            ):
-                removed_text = self.tokenizer.batch_decode(untruncated_ids[:, max_length - 1:-1])
-                logger.warning(
-                    "The following part of your input was truncated because CLIP can only handle sequences up to"
-                    f" {max_length} tokens: {removed_text}"
-                )
+            text_inputs = self._tokenize_prompt(texts, max_length)
             prompt_embeds = self._text_encoder(text_inputs)[:, clip_skip or 0]
         else:
             prompt_embeds = self._check_embeds("prompt_embeds", prompt_embeds, max_length, hidden)
 
         if do_classifier_free_guidance and negative_prompt_embeds is None:
-            if negative_prompt is None:
-                uncond_tokens = [""] * batch_size
-            elif prompt is not None and type(prompt) is not type(negative_prompt):
-                raise TypeError(
-                    f"`negative_prompt` should be the same type to `prompt`, but got {type(negative_prompt)} !="
-                    f" {type(prompt)}."
-                )
-            elif isinstance(negative_prompt, str):
-                uncond_tokens = [negative_prompt]
-            elif batch_size != len(negative_prompt):
-                raise ValueError(
-                    f"`negative_prompt`: {negative_prompt} has batch size {len(negative_prompt)}, but `prompt`:"
-                    f" {prompt} has batch size {batch_size}. Please make sure that passed `negative_prompt` matches"
-                    " the batch size of `prompt`."
-                )
-            else:
-                uncond_tokens = list(negative_prompt)
+            uncond_tokens = sd_uncond_tokens(prompt, negative_prompt, batch_size)
             self.check_shapes(batch=len(uncond_tokens))
             negative_prompt_embeds = self._text_encoder(self._tokenize(uncond_tokens, max_length))[:, 0]
         elif do_classifier_free_guidance:
