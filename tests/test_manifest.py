@@ -67,10 +67,6 @@ def test_manifest_paths_outside_the_export_are_refused(tmp_path, path):
         verify_export(root)
 
 
-class _Add(object):
-    pass
-
-
 def test_an_edited_graph_input_shape_is_refused_before_the_graph_runs(tmp_path):
     import mindspore as ms
     from mindspore import nn
@@ -142,7 +138,11 @@ def test_temporal_tiles_match_diffusers_framewise_decode(latent_frames, tile, st
     vae.temporal_compression_ratio = ratio
     vae.use_tiling = False
     vae.post_quant_conv = torch.nn.Identity()
-    vae.decoder = lambda t: torch.from_numpy(fake_decode(t.numpy()).astype(np.float32))
+    class StandIn(torch.nn.Module):
+        def forward(self, t):
+            return torch.from_numpy(fake_decode(t.numpy()).astype(np.float32))
+
+    vae.decoder = StandIn()
     z = np.random.default_rng(0).standard_normal((1, 4, latent_frames, 2, 3)).astype(np.float32)
     with torch.no_grad():
         ref = vae._temporal_tiled_decode(torch.from_numpy(z)).sample.numpy()
