@@ -12,7 +12,6 @@ per-step noise.
 """
 from __future__ import annotations
 
-import logging
 import math
 import os
 
@@ -26,7 +25,6 @@ from .schedulers import get_timesteps_for_strength, make_cogvideox_scheduler
 from .text import T5PromptMixin, check_prompt_or_embeds, t5_negative_prompts
 from .vae import run_causal, stitch_tiles
 
-logger = logging.getLogger(__name__)
 
 F32 = np.float32
 

@@ -13,7 +13,6 @@ diffusers draws with torch.randn inside the VAE resnets).
 """
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 
@@ -24,7 +23,6 @@ from .manifest import ExportInvalid, ShapeMismatch
 from .schedulers import make_scheduler
 from .text import T5PromptMixin
 
-logger = logging.getLogger(__name__)
 
 F32 = np.float32
 

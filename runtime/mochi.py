@@ -25,7 +25,6 @@ Randomness: one numpy generator (``seed=`` or ``generator=``) supplies the initi
 from __future__ import annotations
 
 import inspect
-import logging
 from typing import Any, Callable
 
 import numpy as np
@@ -37,7 +36,6 @@ from .manifest import ShapeMismatch
 from .schedulers import FLOW_MATCH_CLASS_NAMES, linear_quadratic_schedule, make_scheduler
 from .text import T5PromptMixin, prompt_batch_size
 
-logger = logging.getLogger(__name__)
 
 F32 = np.float32
 THRESHOLD_NOISE = 0.025  # MochiPipeline: genmo's infer.py threshold for the linear-quadratic schedule

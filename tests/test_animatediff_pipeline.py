@@ -141,7 +141,7 @@ def _reference(ref, scheduler):
     return pipe
 
 
-def _check(label, ours, expected):
+def assert_frames_match(label, ours, expected):
     assert ours.shape == expected.shape
     err = float(np.abs(ours - expected).max())
     print(f"{label}: max abs {err:.2e}, rel L2 {rel_l2(ours, expected):.2e}")
@@ -174,7 +174,7 @@ def test_text_to_video_matches_diffusers(snapshots, pipes, monkeypatch, case):
                    num_frames=frames, height=height, width=width, latents=torch.from_numpy(latents),
                    output_type="np").frames
     assert ours.shape == (1, frames, height, width, 3)
-    _check(f"animatediff t2v {case}", ours, expected)
+    assert_frames_match(f"animatediff t2v {case}", ours, expected)
 
 
 # ----------------------------------------------------------------------------- video-to-video parity
@@ -193,7 +193,7 @@ def test_video_to_video_matches_diffusers(snapshots, v2v, monkeypatch, strength)
     expected = pipe(video=[video[i] for i in range(frames)], prompt=PROMPT, strength=strength, num_inference_steps=4,
                     guidance_scale=7.5, negative_prompt="blurry", height=height, width=width,
                     output_type="np").frames
-    _check(f"animatediff v2v strength={strength}", ours, expected)
+    assert_frames_match(f"animatediff v2v strength={strength}", ours, expected)
 
 
 def test_video_to_video_latents_and_enforce_inference_steps(snapshots, v2v, monkeypatch):
@@ -211,7 +211,7 @@ def test_video_to_video_latents_and_enforce_inference_steps(snapshots, v2v, monk
         expected = pipe(prompt=PROMPT, latents=torch.from_numpy(latents), strength=0.5, num_inference_steps=2,
                         guidance_scale=7.5, enforce_inference_steps=enforce, height=height, width=width,
                         output_type="np").frames
-        _check(f"animatediff v2v latents= enforce_inference_steps={enforce}", ours, expected)
+        assert_frames_match(f"animatediff v2v latents= enforce_inference_steps={enforce}", ours, expected)
 
 
 # ----------------------------------------------------------------------------- FreeInit parity
@@ -234,7 +234,7 @@ def test_free_init_matches_diffusers(snapshots, pipes, monkeypatch, fast, method
     reference.enable_free_init(**options)
     expected = reference(PROMPT, num_inference_steps=3, guidance_scale=7.5, num_frames=frames, height=height,
                          width=width, latents=torch.from_numpy(latents), output_type="np").frames
-    _check(f"animatediff FreeInit fast={fast} {method}", ours, expected)
+    assert_frames_match(f"animatediff FreeInit fast={fast} {method}", ours, expected)
     # FreeInit changes the result (the comparison can fail)
     plain = pipe(PROMPT, num_inference_steps=3, guidance_scale=7.5, latents=latents, output_type="np",
                  **_ours_scheduler("seed-ddim")).frames
@@ -262,7 +262,7 @@ def test_video_to_video_free_init_matches_diffusers(snapshots, v2v, monkeypatch)
     pipe.enable_free_init(**options)
     expected = pipe(video=[video[i] for i in range(frames)], prompt=PROMPT, strength=0.75, num_inference_steps=4,
                     guidance_scale=7.5, height=height, width=width, output_type="np").frames
-    _check("animatediff v2v FreeInit ideal", ours, expected)
+    assert_frames_match("animatediff v2v FreeInit ideal", ours, expected)
 
 
 def test_free_init_filters_match_diffusers():
