@@ -23,8 +23,15 @@ class Components:
     def folder(self, name: str) -> Path:
         return (self.weights / name) if self.weights is not None else (self.snapshot / name)
 
+    def index(self) -> dict:
+        """model_index.json (its ``_class_name`` is the pipeline)."""
+        return read_json(self.snapshot / "model_index.json")
+
     def config(self, name: str) -> dict:
         return read_json(self.snapshot / name / "config.json")
+
+    def scheduler(self, name: str = "scheduler") -> dict:
+        return read_json(self.snapshot / name / "scheduler_config.json")
 
     def load(self, name: str, **build_kwargs):
         """The component's network with its weights loaded strictly; ``build_kwargs`` are export-time
