@@ -27,13 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mindspore as ms
-from mindspore import nn, ops
 
-from .layers import BasicTransformerBlock, GroupNorm, Linear
 from .loading import (
     LoadError, component_class, config_from_dict, load_state_dict, read_json, read_weights, register, set_dtype,
 )
-from .unet2d import UNet2DBody, UNet2DConditionConfig, UNetLayout, _per_block
+from .unet2d import (
+    UNet2DBody, UNet2DConditionConfig, UNetLayout, _per_block, batch_to_frames, frames_to_batch, repeat_per_frame,
+)
+from .unet3d import TransformerTemporalModel
 
 
 # ============================================================================= configs
@@ -252,42 +253,13 @@ def unet_motion_config(unet: UNet2DConditionConfig, adapter: MotionAdapterConfig
 
 
 # ============================================================================= motion modules
-class AnimateDiffTransformer3D(nn.Cell):
-    """Self-attention over the frames of each pixel: [B*F, C, H, W] -> GroupNorm over [B, C, F, H, W]
-    -> [B*H*W, F, C] -> proj_in -> blocks (sinusoidal positions, double self-attention) -> proj_out
-    -> back, plus the residual."""
-
-    def __init__(self, num_attention_heads: int, attention_head_dim: int, in_channels: int, num_layers: int = 1,
-                 norm_num_groups: int = 32, num_positional_embeddings: int = 32, num_frames: int = 16):
-        super().__init__()
-        inner = num_attention_heads * attention_head_dim
-        self.num_frames = num_frames
-        self.norm = GroupNorm(norm_num_groups, in_channels, eps=1e-6)
-        self.proj_in = Linear(in_channels, inner)
-        self.transformer_blocks = nn.CellList([
-            BasicTransformerBlock(inner, num_attention_heads, attention_head_dim, cross_attention_dim=None,
-                                  activation_fn="geglu", attention_bias=False, double_self_attention=True,
-                                  positional_embeddings="sinusoidal",
-                                  num_positional_embeddings=num_positional_embeddings)
-            for _ in range(num_layers)
-        ])
-        self.proj_out = Linear(inner, in_channels)
-
-    def construct(self, x):
-        # x: [B*F, C, H, W]
-        bf, c, hgt, wid = x.shape
-        f = self.num_frames
-        b = bf // f
-        residual = x
-        h = x.reshape(b, f, c, hgt, wid).transpose(0, 2, 1, 3, 4)  # [B, C, F, H, W]
-        h = self.norm(h)
-        h = h.transpose(0, 3, 4, 2, 1).reshape(b * hgt * wid, f, c)  # [B*H*W, F, C]
-        h = self.proj_in(h)
-        for block in self.transformer_blocks:
-            h = block(h)  # no context: attn2 attends the frames again (double self-attention)
-        h = self.proj_out(h)
-        h = h.reshape(b, hgt, wid, f, c).transpose(0, 3, 4, 1, 2).reshape(bf, c, hgt, wid)
-        return h + residual
+def motion_module(num_attention_heads: int, attention_head_dim: int, in_channels: int, num_layers: int,
+                  norm_num_groups: int, num_positional_embeddings: int, num_frames: int) -> TransformerTemporalModel:
+    """diffusers' AnimateDiffTransformer3D: UNet3D's TransformerTemporalModel (self-attention over
+    the frames of each pixel, double self-attention, GEGLU, no context) with sinusoidal frame
+    positions added to both attentions' inputs."""
+    return TransformerTemporalModel(num_attention_heads, attention_head_dim, in_channels, num_layers, norm_num_groups,
+                                    None, num_frames, num_positional_embeddings=num_positional_embeddings)
 
 
 # ============================================================================= UNetMotionModel
@@ -313,29 +285,27 @@ class UNetMotionModel(UNet2DBody):
         temporal = {"down": config.temporal_layers("down"), "up": config.temporal_layers("up"),
                     "mid": (config.temporal_layers("mid"),)}
 
-        def motion(kind, block, layers, channels):
+        def motion(kind, block, layers, channels, cross_attention):
             if kind == "mid" and not config.use_motion_mid_block:
                 return None
             h = {"down": heads[block], "up": heads[n - 1 - block], "mid": heads[-1]}[kind]
-            return [AnimateDiffTransformer3D(h, channels // h, channels, temporal[kind][block][i],
-                                             config.norm_num_groups, config.motion_max_seq_length, num_frames)
-                    for i in range(layers)]
+            return {"motion_modules": [
+                motion_module(h, channels // h, channels, temporal[kind][block][i], config.norm_num_groups,
+                              config.motion_max_seq_length, num_frames)
+                for i in range(layers)
+            ]}
 
-        self._build(config.layout(), motion=motion)
+        self._build(config.layout(), temporal=motion)
 
     def construct(self, sample, timestep, encoder_hidden_states):
         # sample: [B, C, F, h, w]; timestep: [1] or [B]; encoder_hidden_states: [B*F, M, D]
-        b, cin, f, hgt, wid = sample.shape
+        f = sample.shape[2]
         dtype = self.conv_in.weight.dtype
         # 1. time: [B, T], repeated per frame -> [B*F, T]
-        emb = self._time_embedding(timestep, b)
-        emb = ops.broadcast_to(emb[:, None], (b, f, emb.shape[-1])).reshape(b * f, -1)
-        # 2. [B, C, F, h, w] -> [B*F, C, h, w] -> levels
-        h = sample.astype(dtype).transpose(0, 2, 1, 3, 4).reshape(b * f, cin, hgt, wid)
-        h = self._levels(h, emb, encoder_hidden_states.astype(dtype))
-        # 3. [B*F, C_out, h, w] -> [B, C_out, F, h, w]
-        h = h.reshape((b, f) + h.shape[1:]).transpose(0, 2, 1, 3, 4)
-        return h.astype(ms.float32)
+        emb = repeat_per_frame(self._time_embedding(timestep, sample.shape[0]), f)
+        # 2. [B, C, F, h, w] -> [B*F, C, h, w] -> levels -> [B, C_out, F, h, w]
+        h = self._levels(frames_to_batch(sample.astype(dtype)), emb, encoder_hidden_states.astype(dtype))
+        return batch_to_frames(h, f).astype(ms.float32)
 
 
 def build_unet_motion(config: UNetMotionConfig, num_frames: int = 16) -> UNetMotionModel:

@@ -26,6 +26,7 @@ from mindspore import Tensor, nn, ops
 
 from .layers import Attention, Conv2d, FeedForward, Identity, LayerNorm, Linear, silu
 from .loading import register
+from .unet2d import batch_to_frames, frames_to_batch, repeat_per_frame
 from .unet3d import UNet3DConditionConfig, UNet3DConditionModel
 
 # diffusers builds the image stem's first convs for 4 latent channels whatever in_channels is
@@ -165,9 +166,9 @@ class I2VGenXLUNet(UNet3DConditionModel):
 
     def _encode_image_latents(self, image_latents):
         # image_latents: [B, 4, F, h, w] -> [B*F, C_in, h, w]
-        b, lat, f, hgt, wid = image_latents.shape
+        b, _, f, hgt, wid = image_latents.shape
         proj = self.image_latents_proj_in
-        h = image_latents.transpose(0, 2, 1, 3, 4).reshape(b * f, lat, hgt, wid)
+        h = frames_to_batch(image_latents)
         h = proj[4](silu(proj[2](silu(proj[0](h)))))  # [B*F, C, h, w]
         c = h.shape[1]
         h = h.reshape(b, f, c, hgt, wid).transpose(0, 3, 4, 1, 2).reshape(b * hgt * wid, f, c)  # [B*h*w, F, C]
@@ -185,47 +186,23 @@ class I2VGenXLUNet(UNet3DConditionModel):
     def construct(self, sample, timestep, fps, image_latents, image_embeddings, encoder_hidden_states):
         # sample: [B, C, F, h, w]; timestep, fps: [1] or [B]; image_latents: [B, 4, F, h, w];
         # image_embeddings: [B, 1, D] or [B, D]; encoder_hidden_states: [B, M, D]
-        b, cin, f, hgt, wid = sample.shape
+        b, cin, f = sample.shape[0], sample.shape[1], sample.shape[2]
         dtype = self.conv_in.weight.dtype
         d = self.config.cross_attention_dim
         # 1-3. time + fps embeddings: [B, T], repeated per frame -> [B*F, T]
-        t = ops.broadcast_to(timestep.reshape(-1), (b,))
-        emb = self.time_embedding(self.time_proj(t).astype(dtype))
+        emb = self._time_embedding(timestep, b)
         fps = ops.broadcast_to(fps.reshape(-1), (b,))
-        emb = emb + _run_mlp(self.fps_embedding, self.time_proj(fps).astype(dtype))
-        emb = ops.broadcast_to(emb[:, None], (b, f, emb.shape[-1])).reshape(b * f, -1)
+        emb = repeat_per_frame(emb + _run_mlp(self.fps_embedding, self.time_proj(fps).astype(dtype)), f)
         # 4. context: [text (M), first-frame latent (64), image embedding (C_in)] -> [B*F, M + 64 + C_in, D]
         image_latents = image_latents.astype(dtype)
         image_ctx = self._image_context(image_latents[:, :, 0])
         image_emb = _run_mlp(self.context_embedding, image_embeddings.astype(dtype)).reshape(b, cin, d)
-        ctx = ops.cat((encoder_hidden_states.astype(dtype), image_ctx, image_emb), 1)
-        ctx = ops.broadcast_to(ctx[:, None], (b, f) + ctx.shape[1:]).reshape((b * f,) + ctx.shape[1:])
-        # 5. pre-process: [sample, encoded image latents] on channels -> [B*F, 2C, h, w]
-        h = sample.astype(dtype).transpose(0, 2, 1, 3, 4).reshape(b * f, cin, hgt, wid)
-        h = ops.cat((h, self._encode_image_latents(image_latents)), 1)
-        h = self.transformer_in(self.conv_in(h))
-        # 6. down
-        skips = (h,)
-        for block in self.down_blocks:
-            h, res = block(h, emb, ctx)
-            skips = skips + res
-        # 7. mid
-        h = self.mid_block(h, emb, ctx)
-        # 8. up (forward the skip's size when the sample is not a multiple of 2 ** num_upsamplers)
-        factor = 2 ** self.num_upsamplers
-        forward_size = hgt % factor != 0 or wid % factor != 0
-        for i, block in enumerate(self.up_blocks):
-            n = len(block.resnets)
-            res = skips[len(skips) - n:]
-            skips = skips[:len(skips) - n]
-            size = None
-            if i < len(self.up_blocks) - 1 and forward_size:
-                size = skips[-1].shape[2:]
-            h = block(h, res, emb, ctx, size)
-        # 9. post-process: [B*F, C_out, h, w] -> [B, C_out, F, h, w]
-        h = self.conv_out(self.act(self.conv_norm_out(h)))
-        h = h.reshape((b, f) + h.shape[1:]).transpose(0, 2, 1, 3, 4)
-        return h.astype(ms.float32)
+        ctx = repeat_per_frame(ops.cat((encoder_hidden_states.astype(dtype), image_ctx, image_emb), 1), f)
+        # 5. [sample, encoded image latents] on channels -> [B*F, 2C, h, w] -> the UNet3D levels
+        h = ops.cat((frames_to_batch(sample.astype(dtype)), self._encode_image_latents(image_latents)), 1)
+        h = self._levels(h, emb, ctx)
+        # 6. [B*F, C_out, h, w] -> [B, C_out, F, h, w]
+        return batch_to_frames(h, f).astype(ms.float32)
 
 
 register("I2VGenXLUNet", I2VGenXLUNetConfig, I2VGenXLUNet)

@@ -2,8 +2,10 @@
 Text2Video-Zero), ported from diffusers with the checkpoint's own submodule names.
 
 The level structure (conv_in, time embedding, down blocks, mid block, up blocks, conv_norm_out,
-conv_out) lives in :class:`UNet2DBody`, which AnimateDiff's UNetMotionModel (models/animatediff.py)
-reuses with a motion module after every spatial layer.
+conv_out) lives in :class:`UNet2DBody`, which the video UNets reuse with temporal layers after the
+spatial ones: AnimateDiff's UNetMotionModel (models/animatediff.py: a motion module after every
+spatial layer), UNet3DConditionModel (models/unet3d.py: a temporal conv after every resnet, a
+temporal transformer after every spatial transformer) and I2VGenXLUNet (models/i2vgen.py).
 
 Text2Video-Zero: ``cross_frame_attention_frames=f`` makes every self-attention (attn1) take its
 keys and values from the first frame of each group of ``f`` consecutive batch entries, as diffusers'
@@ -300,39 +302,61 @@ def _spatial(channels, heads, num_layers, cross_attention_dim, layout, cross_fra
                               cross_attention_dim, layout.use_linear_projection, cross_frames)
 
 
+# the temporal layers a video UNet adds to a block, by checkpoint name, in the order they run
+# after their resnet (temp_convs) or spatial transformer (the others)
+TEMPORAL_LAYERS = ("temp_convs", "temp_attentions", "motion_modules")
+
+
+def _add_temporal(block: nn.Cell, temporal: dict | None):
+    """``temporal``: None, or checkpoint name (one of TEMPORAL_LAYERS) -> a list of cells (one per
+    layer; the mid block's temp_convs, one per resnet). Absent names are None attributes."""
+    temporal = temporal or {}
+    unknown = sorted(set(temporal) - set(TEMPORAL_LAYERS))
+    if unknown:
+        raise ValueError(f"temporal layers {unknown} are not supported; supported: {TEMPORAL_LAYERS}")
+    for name in TEMPORAL_LAYERS:
+        setattr(block, name, nn.CellList(temporal[name]) if name in temporal else None)
+
+
 class _Block2D(nn.Cell):
-    """What the down and up blocks share, per layer: resnet [-> spatial transformer] [-> motion
-    module]. ``motion`` (AnimateDiff) is None or a list of cells, one per layer."""
+    """What the down and up blocks share, per layer: resnet [-> temporal conv] [-> spatial
+    transformer [-> temporal transformer]] [-> motion module]. The temporal layers (UNet3D,
+    AnimateDiff) come from ``temporal`` (see :func:`_add_temporal`)."""
 
     def _add_layers(self, n, channels, heads, num_layers, cross_attention_dim, layout, cross_attention,
-                    cross_frames, motion):
+                    cross_frames, temporal):
         self.attentions = nn.CellList([
             _spatial(channels, heads, num_layers, cross_attention_dim, layout, cross_frames) for _ in range(n)
         ]) if cross_attention else None
-        self.motion_modules = nn.CellList(motion) if motion is not None else None
+        _add_temporal(self, temporal)
 
     def _layer(self, i, x, temb, encoder_hidden_states):
         x = self.resnets[i](x, temb)
+        if self.temp_convs is not None:
+            x = self.temp_convs[i](x)
         if self.attentions is not None:
             x = self.attentions[i](x, encoder_hidden_states)
+        if self.temp_attentions is not None:
+            x = self.temp_attentions[i](x)
         if self.motion_modules is not None:
             x = self.motion_modules[i](x)
         return x
 
 
 class DownBlock2D(_Block2D):
-    """resnet [-> spatial attention] [-> motion module] per layer, then a stride-2 conv.
-    ``cross_attention`` selects CrossAttnDownBlock2D (CrossAttnDownBlockMotion with ``motion``)."""
+    """resnet [-> temporal layers] [-> spatial attention] per layer, then a stride-2 conv.
+    ``cross_attention`` selects CrossAttnDownBlock2D (CrossAttnDownBlock3D / CrossAttnDownBlockMotion
+    with ``temporal``)."""
 
     def __init__(self, in_channels, out_channels, temb_channels, layout, index, add_downsample, cross_attention,
-                 cross_frames=None, motion=None):
+                 cross_frames=None, temporal=None):
         super().__init__()
         n = layout.layers_per_block[index]
         self.resnets = nn.CellList([
             _resnet(in_channels if i == 0 else out_channels, out_channels, temb_channels, layout) for i in range(n)
         ])
         self._add_layers(n, out_channels, layout.heads[index], layout.transformer_layers[index],
-                         layout.cross_attention_dim[index], layout, cross_attention, cross_frames, motion)
+                         layout.cross_attention_dim[index], layout, cross_attention, cross_frames, temporal)
         self.downsamplers = nn.CellList([
             Downsample2D(out_channels, out_channels=out_channels, padding=layout.downsample_padding)
         ]) if add_downsample else None
@@ -349,12 +373,13 @@ class DownBlock2D(_Block2D):
 
 
 class UpBlock2D(_Block2D):
-    """Per layer: concat the skip, resnet [-> spatial attention] [-> motion module]; then nearest
-    2x + conv. ``cross_attention`` selects CrossAttnUpBlock2D (CrossAttnUpBlockMotion with ``motion``).
-    ``index`` counts the up blocks (the reversed per-block values)."""
+    """Per layer: concat the skip, resnet [-> temporal layers] [-> spatial attention]; then nearest
+    2x + conv. ``cross_attention`` selects CrossAttnUpBlock2D (CrossAttnUpBlock3D /
+    CrossAttnUpBlockMotion with ``temporal``). ``index`` counts the up blocks (the reversed per-block
+    values)."""
 
     def __init__(self, in_channels, prev_output_channel, out_channels, temb_channels, layout, index, add_upsample,
-                 cross_attention, cross_frames=None, motion=None):
+                 cross_attention, cross_frames=None, temporal=None):
         super().__init__()
         r = len(layout.block_out_channels) - 1 - index
         n = layout.layers_per_block[r] + 1
@@ -365,7 +390,7 @@ class UpBlock2D(_Block2D):
             resnets.append(_resnet(res_in + skip, out_channels, temb_channels, layout))
         self.resnets = nn.CellList(resnets)
         self._add_layers(n, out_channels, layout.heads[r], layout.transformer_layers[r],
-                         layout.cross_attention_dim[r], layout, cross_attention, cross_frames, motion)
+                         layout.cross_attention_dim[r], layout, cross_attention, cross_frames, temporal)
         self.upsamplers = nn.CellList([Upsample2D(out_channels, out_channels=out_channels)]) if add_upsample else None
 
     def construct(self, x, skips, temb, encoder_hidden_states, upsample_size=None):
@@ -380,10 +405,11 @@ class UpBlock2D(_Block2D):
 
 
 class UNetMidBlock2DCrossAttn(nn.Cell):
-    """resnet, then per layer: spatial attention [-> motion module] -> resnet
-    (UNetMidBlockCrossAttnMotion with ``motion``)."""
+    """resnet [-> temporal conv], then per layer: spatial attention [-> temporal attention]
+    [-> motion module] -> resnet [-> temporal conv] (UNetMidBlock3DCrossAttn /
+    UNetMidBlockCrossAttnMotion with ``temporal``)."""
 
-    def __init__(self, channels, temb_channels, layout, cross_frames=None, motion=None):
+    def __init__(self, channels, temb_channels, layout, cross_frames=None, temporal=None):
         super().__init__()
         n = layout.mid_block_layers
         scale = layout.mid_block_scale_factor
@@ -393,25 +419,51 @@ class UNetMidBlock2DCrossAttn(nn.Cell):
                      cross_frames)
             for _ in range(n)
         ])
-        self.motion_modules = nn.CellList(motion) if motion is not None else None
+        _add_temporal(self, temporal)
 
     def construct(self, x, temb, encoder_hidden_states):
         x = self.resnets[0](x, temb)
+        if self.temp_convs is not None:
+            x = self.temp_convs[0](x)
         for i in range(len(self.attentions)):
             x = self.attentions[i](x, encoder_hidden_states)
+            if self.temp_attentions is not None:
+                x = self.temp_attentions[i](x)
             if self.motion_modules is not None:
                 x = self.motion_modules[i](x)
             x = self.resnets[i + 1](x, temb)
+            if self.temp_convs is not None:
+                x = self.temp_convs[i + 1](x)
         return x
 
 
 # ============================================================================= UNet
-class UNet2DBody(nn.Cell):
-    """The UNet levels shared by UNet2DConditionModel and UNetMotionModel. ``motion(kind, block,
-    layers, channels)`` (AnimateDiff) returns the motion modules of one block as a list of cells
-    (kind "down" / "mid" / "up", ``block`` the block's index in its list) or None for none."""
+# the video UNets run their levels on frames folded into the batch, [B*F, C, h, w], as diffusers does
+def frames_to_batch(x):
+    # x: [B, C, F, h, w] -> [B*F, C, h, w]
+    b, c, f, hgt, wid = x.shape
+    return x.transpose(0, 2, 1, 3, 4).reshape(b * f, c, hgt, wid)
 
-    def _build(self, layout: UNetLayout, cross_frames=None, motion=None):
+
+def batch_to_frames(x, frames: int):
+    # x: [B*F, C, h, w] -> [B, C, F, h, w]
+    return x.reshape((x.shape[0] // frames, frames) + x.shape[1:]).transpose(0, 2, 1, 3, 4)
+
+
+def repeat_per_frame(x, frames: int):
+    # x: [B, ...] -> [B*F, ...], each row repeated for its video's frames (repeat_interleave)
+    b = x.shape[0]
+    return ops.broadcast_to(x[:, None], (b, frames) + x.shape[1:]).reshape((b * frames,) + x.shape[1:])
+
+
+class UNet2DBody(nn.Cell):
+    """The UNet levels shared by UNet2DConditionModel, UNetMotionModel, UNet3DConditionModel and
+    I2VGenXLUNet. ``temporal(kind, block, layers, channels, cross_attention)`` (the video UNets)
+    returns the temporal layers of one block as a dict (see :func:`_add_temporal`) or None for none
+    (kind "down" / "mid" / "up", ``block`` the block's index in its list, ``layers`` its spatial
+    layer count). ``transformer_in`` (UNet3D) runs after conv_in."""
+
+    def _build(self, layout: UNetLayout, cross_frames=None, temporal=None, transformer_in=None):
         ch = layout.block_out_channels
         nb = len(ch)
         temb = layout.time_embedding_dim or ch[0] * 4
@@ -420,17 +472,19 @@ class UNet2DBody(nn.Cell):
         self.time_proj = Timesteps(ch[0], layout.flip_sin_to_cos, layout.freq_shift)
         self.time_embedding = TimestepEmbedding(ch[0], temb, act_fn=layout.act_fn)
         self.time_embed_act = get_activation(layout.time_embedding_act_fn) if layout.time_embedding_act_fn else None
-        motion = motion or (lambda kind, block, layers, channels: None)
+        self.transformer_in = transformer_in
+        temporal = temporal or (lambda kind, block, layers, channels, cross_attention: None)
         down = []
         out_ch = ch[0]
         for i in range(nb):
             in_ch, out_ch = out_ch, ch[i]
             down.append(DownBlock2D(in_ch, out_ch, temb, layout, i, add_downsample=i != nb - 1,
                                     cross_attention=layout.down_cross[i], cross_frames=cross_frames,
-                                    motion=motion("down", i, layout.layers_per_block[i], out_ch)))
+                                    temporal=temporal("down", i, layout.layers_per_block[i], out_ch,
+                                                      layout.down_cross[i])))
         self.down_blocks = nn.CellList(down)
         self.mid_block = UNetMidBlock2DCrossAttn(ch[-1], temb, layout, cross_frames,
-                                                 motion("mid", 0, layout.mid_block_layers, ch[-1])) \
+                                                 temporal("mid", 0, layout.mid_block_layers, ch[-1], True)) \
             if layout.mid_block else None
         rch = list(reversed(ch))
         up = []
@@ -440,7 +494,8 @@ class UNet2DBody(nn.Cell):
             in_ch = rch[min(i + 1, nb - 1)]
             up.append(UpBlock2D(in_ch, prev, out_ch, temb, layout, i, add_upsample=i != nb - 1,
                                 cross_attention=layout.up_cross[i], cross_frames=cross_frames,
-                                motion=motion("up", i, layout.layers_per_block[nb - 1 - i] + 1, out_ch)))
+                                temporal=temporal("up", i, layout.layers_per_block[nb - 1 - i] + 1, out_ch,
+                                                  layout.up_cross[i])))
         self.up_blocks = nn.CellList(up)
         self.conv_norm_out = GroupNorm(layout.norm_num_groups, ch[0], eps=layout.norm_eps)
         self.conv_out = Conv2d(ch[0], layout.out_channels, layout.conv_out_kernel,
@@ -477,6 +532,8 @@ class UNet2DBody(nn.Cell):
         if self.center_input_sample:
             h = 2 * h - 1.0
         h = self.conv_in(h)
+        if self.transformer_in is not None:
+            h = self.transformer_in(h)
         # down
         skips = (h,)
         for block in self.down_blocks:
