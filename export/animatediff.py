@@ -12,7 +12,7 @@ size, K = VAE chunk, N = token length (77), L = text encoder layers, D = text hi
   text_encoder   input_ids[B,N] int32 (+ attention_mask[B,N] when the config sets use_attention_mask)
                                                    -> prompt_embeds[B,L+1,N,D]
                  index k is diffusers' encode_prompt output for clip_skip=k (k = 0: last_hidden_state),
-                 so clip_skip stays a call argument (export/t2v.py TextEncode).
+                 so clip_skip stays a call argument (export/graphs.py ClipTextEncode).
   unet           sample[B,C,F,h,w] timestep[1] encoder_hidden_states[2B*F,N,D] guidance_scale[1]
                                                    -> noise_pred[B,C,F,h,w]
                  one denoising step; the classifier-free-guidance pair is one batch of 2B videos
@@ -31,31 +31,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mindspore import nn, ops
-
-from video_aot.models.loading import read_json
-
 from .components import Components
-from .graphs import GraphSpec, TensorSpec, VaeDecode, check_decode_chunk_size, relax_tolerance
-from .t2v import TOKENIZER_FILES, TextEncode, VaeEncode
+from .graphs import (
+    GraphSpec, TensorSpec, UNetCFGStep, check_cross_attention, check_decode_chunk_size, check_pixel_size,
+    check_unet_channels, clip_text_encoder, relax_tolerance, vae_decoder_graphs, vae_encoder_graphs,
+)
 
-TOKENIZER_USABLE = ("tokenizer.json", ("vocab.json", "merges.txt"))
 DEFAULT_MAX_SEQ = 32  # diffusers' MotionAdapter / UNetMotionModel default motion_max_seq_length
-
-
-# ----------------------------------------------------------------------------- wrapper cells
-class MotionUNetStep(nn.Cell):
-    def __init__(self, unet):
-        super().__init__()
-        self.unet = unet
-
-    def construct(self, sample, timestep, encoder_hidden_states, guidance_scale):
-        # sample: [B, C, F, h, w] (already scaled by the scheduler); encoder_hidden_states: [2B*F, N, D],
-        # per frame, the unconditional videos first; guidance_scale: [1]
-        b = sample.shape[0]
-        noise = self.unet(ops.cat((sample, sample), 0), timestep, encoder_hidden_states)  # [2B, C, F, h, w]
-        uncond, text = noise[:b], noise[b:]
-        return uncond + guidance_scale * (text - uncond)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -89,14 +71,14 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     ``decode_chunk_size`` (1 .. batch x frames) defaults to diffusers' 16, capped at batch x frames (the 2-D
     VAE decodes every frame on its own, so the chunk changes memory, not the frames)."""
     comps = Components(snapshot, weights, variant, dtype)
-    index = read_json(snapshot / "model_index.json")
+    index = comps.index()
     pipeline = index["_class_name"]
     configs = {name: comps.config(name) for name in ("unet", "vae", "text_encoder")}
     kind, motion_cfg = motion_layout(comps)
     if kind == "unet_adapter":
         configs["motion_adapter"] = motion_cfg
     max_seq = int(motion_cfg.get("motion_max_seq_length", DEFAULT_MAX_SEQ))
-    scheduler = read_json(snapshot / "scheduler" / "scheduler_config.json")
+    scheduler = comps.scheduler()
     unet_cfg, vae_cfg, text_cfg = configs["unet"], configs["vae"], configs["text_encoder"]
 
     # request shapes, checked as diffusers' check_inputs does (plus what the motion modules allow)
@@ -106,46 +88,27 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     if frames > max_seq:
         raise ValueError(f"num_frames={frames} exceeds the motion adapter's motion_max_seq_length={max_seq}: its "
                          f"positional embeddings cover at most {max_seq} frames; export 1..{max_seq} frames")
-    if height % 8 or width % 8 or height % scale or width % scale or height < 8 or width < 8:
-        raise ValueError(f"`height` and `width` have to be divisible by 8 (and by the VAE factor {scale}) "
-                         f"but are {height} and {width}.")
+    check_pixel_size(height, width, scale)
     total = batch * frames
     chunk = check_decode_chunk_size(decode_chunk_size, total, default=16)  # diffusers' default 16
 
     # component compatibility
     latent = vae_cfg.get("latent_channels", 4)
-    if unet_cfg.get("in_channels", 4) != latent or unet_cfg.get("out_channels", 4) != latent:
-        raise ValueError(f"unet in/out channels ({unet_cfg.get('in_channels')}, {unet_cfg.get('out_channels')}) "
-                         f"must equal the VAE latent_channels {latent}")
-    cross = unet_cfg.get("cross_attention_dim", 1280)
+    check_unet_channels(unet_cfg, latent)
     hidden = text_cfg.get("hidden_size", 512)
-    if cross != hidden:
-        raise ValueError(f"unet cross_attention_dim {cross} must equal the text encoder hidden_size {hidden}")
-    num_layers = text_cfg.get("num_hidden_layers", 12)
-    use_mask = bool(text_cfg.get("use_attention_mask", False))
+    check_cross_attention(unet_cfg, hidden, default=1280)
 
-    # tokenizer: copied into the export so that it is self-contained
-    tok_dir, assets, tokenizer = comps.tokenizer(TOKENIZER_FILES, TOKENIZER_USABLE, required="tokenizer" in index)
-    max_length = text_cfg.get("max_position_embeddings", 77)
-    if tokenizer is not None:
-        tok_cfg = read_json(tok_dir / "tokenizer_config.json") if (tok_dir / "tokenizer_config.json").is_file() else {}
-        max_length = int(tok_cfg.get("model_max_length", max_length))
-        tokenizer["model_max_length"] = max_length
-    if max_length > text_cfg.get("max_position_embeddings", 77):
-        raise ValueError(f"tokenizer model_max_length {max_length} exceeds the text encoder's "
-                         f"max_position_embeddings {text_cfg.get('max_position_embeddings')}")
+    # the text encoder graph; its tokenizer is copied into the export so that it is self-contained
+    text_graph, text_fields = clip_text_encoder(comps, batch, required="tokenizer" in index)
+    max_length = text_fields["text_encoder"]["max_length"]
 
     h, w = height // scale, width // scale
     scaling = float(vae_cfg.get("scaling_factor", 0.18215))
 
-    text_inputs = [TensorSpec("input_ids", (batch, max_length), "int32")]
-    if use_mask:
-        text_inputs.append(TensorSpec("attention_mask", (batch, max_length), "int32"))
+    # the unet step (graphs.UNetCFGStep): the text embeddings are per frame, [2B*F, N, D] (diffusers
+    # repeat_interleaves them over the frames), which keeps the graph ready for FreeNoise's per-frame prompts
     graphs = [
-        (GraphSpec("text_encoder", tuple(text_inputs),
-                   (TensorSpec("prompt_embeds", (batch, num_layers + 1, max_length, hidden)),),
-                   dummy_overrides={"attention_mask": [[1] * max_length] * batch}),
-         lambda: TextEncode(comps.load("text_encoder"), use_mask)),
+        text_graph,
         (GraphSpec("unet", (
             TensorSpec("sample", (batch, latent, frames, h, w)),
             TensorSpec("timestep", (1,)),
@@ -153,25 +116,10 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
             TensorSpec("guidance_scale", (1,)),
         ), (TensorSpec("noise_pred", (batch, latent, frames, h, w)),),
             dummy_overrides={"timestep": [500.0], "guidance_scale": [7.5]}),
-         lambda: MotionUNetStep(load_motion_unet(comps, frames))),
+         lambda: UNetCFGStep(load_motion_unet(comps, frames))),
     ]
-
-    def decoder(name, k):
-        return (GraphSpec(name, (TensorSpec("latents", (k, latent, h, w)),),
-                          (TensorSpec("frames", (k, 3, height, width)),)),
-                lambda: VaeDecode(comps.load("vae"), scaling))
-
-    def encoder(name, k):
-        return (GraphSpec(name, (TensorSpec("frames", (k, 3, height, width)),),
-                          (TensorSpec("mean", (k, latent, h, w)), TensorSpec("std", (k, latent, h, w)))),
-                lambda: VaeEncode(comps.load("vae")))
-
-    graphs.append(decoder("vae_decoder", chunk))
-    if total % chunk:
-        graphs.append(decoder("vae_decoder_tail", total % chunk))
-    graphs.append(encoder("vae_encoder", chunk))
-    if total % chunk:
-        graphs.append(encoder("vae_encoder_tail", total % chunk))
+    graphs += vae_decoder_graphs(comps, chunk, total, (latent, h, w), (height, width), scaling)
+    graphs += vae_encoder_graphs(comps, chunk, total, (latent, h, w), (height, width))
     relax_tolerance(graphs, dtype)
 
     manifest = {
@@ -186,11 +134,8 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
         "motion_max_seq_length": max_seq,
         "motion_layout": kind,
         "scheduler": scheduler,
-        "text_encoder": {"num_hidden_layers": num_layers, "hidden_size": hidden, "max_length": max_length,
-                         "use_attention_mask": use_mask},
-        "tokenizer": tokenizer,
+        **text_fields,
         "components": configs,
-        "assets": assets,
     }
     return graphs, manifest
 

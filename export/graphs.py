@@ -83,6 +83,14 @@ def check_unet_channels(unet_config: dict, latent: int):
                          f"must equal the VAE latent_channels {latent}")
 
 
+def check_cross_attention(unet_config: dict, hidden: int, default: int):
+    """The UNet's cross_attention_dim (``default``: its class's default) must be the text encoder's
+    hidden_size."""
+    cross = unet_config.get("cross_attention_dim", default)
+    if cross != hidden:
+        raise ValueError(f"unet cross_attention_dim {cross} must equal the text encoder hidden_size {hidden}")
+
+
 def check_decode_chunk_size(decode_chunk_size, total: int, default: int) -> int:
     """diffusers' ``decode_chunk_size``: frames per VAE decode call, fixed at export. None takes
     ``default``; anything but an integer from 1 to ``total`` (the frames decoded, batch x frames) is
