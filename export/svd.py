@@ -19,10 +19,13 @@ from pathlib import Path
 
 from mindspore import nn, ops
 
-from video_aot.models.loading import load_network, read_json
+from video_aot.models.loading import read_json
 
-from .graphs import GraphSpec, TensorSpec, VaeDecode, check_decode_chunk_size, relax_tolerance
-
+from .components import Components
+from .graphs import (
+    GraphSpec, TensorSpec, check_decode_chunk_size, check_pixel_size, guided, image_encoder, relax_tolerance,
+    vae_decoder_graphs,
+)
 
 
 class UNetStep(nn.Cell):
@@ -36,8 +39,7 @@ class UNetStep(nn.Cell):
         x = ops.cat((sample, sample), 0)  # [2B, F, C, h, w]
         cond = ops.broadcast_to(image_latents[:, None], (2 * b, f, c, hgt, wid))
         noise = self.unet(ops.cat((x, cond), 2), timestep, encoder_hidden_states, added_time_ids)
-        uncond, text = noise[:b], noise[b:]
-        return uncond + guidance_scale[:, :, None, None, None] * (text - uncond)
+        return guided(noise, b, guidance_scale[:, :, None, None, None])
 
 
 class VaeEncode(nn.Cell):
@@ -47,15 +49,6 @@ class VaeEncode(nn.Cell):
 
     def construct(self, image):
         return self.vae.encode_mean(image)
-
-
-class ImageEncode(nn.Cell):
-    def __init__(self, encoder):
-        super().__init__()
-        self.encoder = encoder
-
-    def construct(self, pixel_values):
-        return self.encoder(pixel_values)
 
 
 @dataclass(frozen=True)
@@ -70,16 +63,15 @@ class Shapes:
 def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: int, batch: int = 1,
          dtype: str = "fp32", decode_chunk_size: int | None = None, variant: str | None = None):
     """(graphs, manifest fields) for an SVD export. ``weights=None`` exports random weights."""
-    configs = {name: read_json(snapshot / name / "config.json") for name in ("unet", "vae", "image_encoder")}
-    scheduler = read_json(snapshot / "scheduler" / "scheduler_config.json")
+    comps = Components(snapshot, weights, variant, dtype)
+    configs = {name: comps.config(name) for name in ("unet", "vae", "image_encoder")}
+    scheduler = comps.scheduler()
     feature_extractor = read_json(snapshot / "feature_extractor" / "preprocessor_config.json")
     vae_cfg, unet_cfg, enc_cfg = configs["vae"], configs["unet"], configs["image_encoder"]
     scale = 2 ** (len(vae_cfg.get("block_out_channels", (64,))) - 1)
     if frames < 1 or batch < 1:
         raise ValueError(f"frames ({frames}) and batch ({batch}) must be positive")
-    if height % 8 or width % 8 or height % scale or width % scale:
-        raise ValueError(f"height and width have to be divisible by 8 (and by the VAE factor {scale}), "
-                         f"got {height}x{width}")
+    check_pixel_size(height, width, scale)
     total = batch * frames
     chunk = check_decode_chunk_size(decode_chunk_size, total, default=frames)  # diffusers: num_frames
     latent = vae_cfg.get("latent_channels", 4)
@@ -94,21 +86,12 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     if isinstance(cross, (list, tuple)) or cross != embed:
         raise ValueError(f"unet cross_attention_dim {cross} must equal the image encoder projection_dim {embed}")
 
-    def component(name):
-        return (weights / name) if weights is not None else (snapshot / name)
-
-    def load(name, **kwargs):
-        cell, _ = load_network(component(name), variant=variant, dtype=dtype, random_weights=weights is None, **kwargs)
-        return cell
-
     scaling = float(vae_cfg.get("scaling_factor", 0.18215))
     graphs = [
-        (GraphSpec("image_encoder", (TensorSpec("pixel_values", (batch, 3, size, size)),),
-                   (TensorSpec("image_embeds", (batch, embed)),)),
-         lambda: ImageEncode(load("image_encoder"))),
+        image_encoder(comps, batch, size, embed),
         (GraphSpec("vae_encoder", (TensorSpec("image", (batch, 3, height, width)),),
                    (TensorSpec("latents", (batch, latent, h, w)),)),
-         lambda: VaeEncode(load("vae"))),
+         lambda: VaeEncode(comps.load("vae"))),
         (GraphSpec("unet", (
             TensorSpec("sample", (batch, frames, latent, h, w)),
             TensorSpec("timestep", (1,)),
@@ -117,17 +100,10 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
             TensorSpec("added_time_ids", (2 * batch, 3)),
             TensorSpec("guidance_scale", (batch, frames)),
         ), (TensorSpec("noise_pred", (batch, frames, latent, h, w)),)),
-         lambda: UNetStep(load("unet", num_frames=frames))),
+         lambda: UNetStep(comps.load("unet", num_frames=frames))),
     ]
-
-    def decoder(name, k):
-        return (GraphSpec(name, (TensorSpec("latents", (k, latent, h, w)),),
-                          (TensorSpec("frames", (k, 3, height, width)),)),
-                lambda: VaeDecode(load("vae", num_frames=k), scaling))
-
-    graphs.append(decoder("vae_decoder", chunk))
-    if total % chunk:
-        graphs.append(decoder("vae_decoder_tail", total % chunk))
+    # the temporal decoder mixes the frames of a chunk: built for each chunk length
+    graphs += vae_decoder_graphs(comps, chunk, total, (latent, h, w), (height, width), scaling, temporal=True)
     relax_tolerance(graphs, dtype)
 
     manifest = {
