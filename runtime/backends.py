@@ -7,20 +7,112 @@ MindSpore backend uses ``ms.load`` + ``nn.GraphCell``; the MindSpore Lite backen
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 BACKENDS = ("mindspore", "lite")
 
+# Elementwise ops whose MindSpore 2.7.1 CPU kernel, when an input is broadcast, keeps a buffer of about 4.5x
+# its output for the life of the compiled graph (benchmarks/NOTES.md, "Where the memory goes").
+BROADCAST_BINARY = ("Add", "Sub", "Mul", "RealDiv", "Div")
+
+
+def _numel(shape) -> int:
+    return int(np.prod(shape)) if shape else 1
+
+
+def expand_broadcasts(graph, prim: str) -> int:
+    """Rewrite a MindIR ``GraphProto`` in place so that no ``BROADCAST_BINARY`` node broadcasts a
+    non-scalar input: such an input first goes through an explicit ``BroadcastTo`` (primitive ``prim``)
+    to the node's output shape. The values are unchanged; the broadcast copy is an ordinary pooled
+    intermediate, freed after use, instead of a persistent per-kernel buffer. Returns the number of
+    inputs expanded."""
+    from mindspore.train import mind_ir_pb2
+
+    shapes, dtypes = {}, {}
+    for param in graph.parameter:
+        shapes[param.name], dtypes[param.name] = tuple(param.dims), param.data_type
+    for inp in graph.input:
+        if inp.tensor:
+            shapes[inp.name], dtypes[inp.name] = tuple(inp.tensor[0].dims), inp.tensor[0].data_type
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.name == "shape" and len(attr.tensors) == 1 and node.output:
+                shapes[node.output[0]] = tuple(attr.tensors[0].dims)
+                dtypes[node.output[0]] = attr.tensors[0].data_type
+    nodes, count = [], 0
+    for node in graph.node:
+        op = node.op_type[len("REF::"):].rsplit(":", 1)[0] if node.op_type.startswith("REF::") else None
+        out = shapes.get(node.output[0]) if node.output else None
+        if op in BROADCAST_BINARY and out is not None and len(node.input) == 2:
+            for k, name in enumerate(list(node.input)):
+                shape = shapes.get(name)
+                if shape is None or shape == out or _numel(shape) <= 1 or name not in dtypes:
+                    continue
+                count += 1
+                const = mind_ir_pb2.NodeProto(name=f"{name}__expand_shape{count}", op_type="Constant")
+                const.output.append(const.name)
+                value = const.attribute.add(name="value", type=mind_ir_pb2.AttributeProto.TUPLE)
+                for dim in out:
+                    value.values.add(ints=[dim], type=mind_ir_pb2.AttributeProto.INT64)
+                expand = mind_ir_pb2.NodeProto(name=f"{name}__expand{count}", op_type=f"REF::{prim}",
+                                               domain=node.domain)
+                expand.output.append(expand.name)
+                expand.input.extend([name, const.name])
+                attr = expand.attribute.add(name="shape", type=mind_ir_pb2.AttributeProto.TENSORS)
+                attr.tensors.add(dims=out, data_type=dtypes[name])
+                nodes.extend([const, expand])
+                node.input[k] = expand.name
+        nodes.append(node)
+    if count:
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return count
+
+
+def load_expanded(path: Path, workdir=None):
+    """``ms.load`` of the MindIR at ``path`` after ``expand_broadcasts`` on every graph in it. The rewritten
+    file goes to a temporary folder (a split export's variables folder is linked next to it) that is removed
+    once loaded. Returns (FuncGraph, number of inputs expanded)."""
+    import mindspore as ms
+    from mindspore.train import mind_ir_pb2
+
+    model = mind_ir_pb2.ModelProto()
+    model.ParseFromString(path.read_bytes())
+    prims = [p.name for p in model.primitives if p.op_type == "BroadcastTo"]
+    if not prims:
+        model.primitives.add(name="BroadcastTo:expand", op_type="BroadcastTo",
+                             prim_type=mind_ir_pb2.PrimitiveProto.PRIMITIVE_FUNCTION)
+        prims = ["BroadcastTo:expand"]
+    count = sum(expand_broadcasts(g, prims[0]) for g in [model.graph, *model.functions])
+    with tempfile.TemporaryDirectory(prefix="expanded-", dir=workdir) as tmp:
+        target = Path(tmp) / path.name
+        if path.name.endswith("_graph.mindir"):
+            variables = path.parent / (path.name[:-len("_graph.mindir")] + "_variables")
+            if variables.is_dir():
+                os.symlink(variables.resolve(), Path(tmp) / variables.name)
+        target.write_bytes(model.SerializeToString())
+        del model
+        return ms.load(str(target)), count
+
 
 class MindSporeGraph:
-    def __init__(self, path: Path):
+    """``ms.load`` + ``nn.GraphCell``; with ``expand=True`` the MindIR is first rewritten by
+    ``expand_broadcasts`` (same values, far less resident memory on the CPU)."""
+
+    def __init__(self, path: Path, expand: bool = False, workdir=None):
         import mindspore as ms
         from mindspore import nn
 
         self.path = path
-        self.cell = nn.GraphCell(ms.load(str(path)))
+        self.expanded = 0
+        if expand:
+            graph, self.expanded = load_expanded(path, workdir)
+        else:
+            graph = ms.load(str(path))
+        self.cell = nn.GraphCell(graph)
         self._ms = ms
 
     def __call__(self, *arrays):
@@ -32,10 +124,17 @@ class MindSporeGraph:
 class MindSporeBackend:
     name = "mindspore"
 
-    def __init__(self, device_target: str = "CPU", compile_cache: str | None = None, graph_kernel: bool = False):
+    def __init__(self, device_target: str = "CPU", compile_cache: str | None = None, graph_kernel: bool = False,
+                 expand_broadcasts: bool | None = None):
         import mindspore as ms
 
         self.device_target = device_target
+        # opt-in: rewrite each loaded MindIR so that no elementwise op broadcasts (see expand_broadcasts);
+        # None reads VIDEO_AOT_EXPAND_BROADCASTS=1, so that bench-model and the servers can be measured with it
+        if expand_broadcasts is None:
+            expand_broadcasts = os.environ.get("VIDEO_AOT_EXPAND_BROADCASTS", "0") == "1"
+        self.expand_broadcasts = expand_broadcasts
+        self.compile_cache = compile_cache
         ms.set_context(mode=ms.GRAPH_MODE, device_target=device_target)
         if graph_kernel:
             # graph-kernel fusion happens when the runtime compiles the loaded graph, not at export.
@@ -44,7 +143,7 @@ class MindSporeBackend:
             os.makedirs(compile_cache, exist_ok=True)
 
     def load(self, path) -> MindSporeGraph:
-        return MindSporeGraph(Path(path))
+        return MindSporeGraph(Path(path), expand=self.expand_broadcasts, workdir=self.compile_cache)
 
 
 class LiteGraph:

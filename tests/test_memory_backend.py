@@ -1,0 +1,121 @@
+"""The MindSpore backend's ``expand_broadcasts`` load path (issue 15): a MindIR whose elementwise ops
+broadcast is rewritten so that every broadcast input goes through an explicit BroadcastTo first. It must
+give the same outputs as the plain ``ms.load`` path and the eager network, for single-file and split
+(graph + variables) exports, and leave the export folder untouched."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from video_aot.runtime import backends
+
+SHAPE = (2, 8, 6, 5)  # x: [B, C, H, W]
+
+
+def _net():
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    rng = np.random.default_rng(0)
+
+    def param(shape, name):
+        return ms.Parameter(ms.Tensor(rng.standard_normal(shape).astype(np.float32)), name=name)
+
+    class Broadcasting(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.bias = param((8, 1, 1), "bias")  # per-channel, broadcast on the second input
+            self.scale = param((1, 8, 1, 1), "scale")
+            self.shift = param((5,), "shift")  # last axis
+            self.lead = param((8, 1, 1), "lead")  # broadcast on the first input
+            self.weight = param((5, 5), "weight")
+
+        def construct(self, x, t):
+            # x: [B, C, H, W], t: [B, 1, 1, 1]
+            y = x + self.bias
+            y = y * self.scale
+            y = y - y.mean(-1, keep_dims=True)
+            y = y / (2.0 + ops.abs(self.shift))
+            y = self.lead + y
+            y = y * t + 0.5  # a per-sample input and a scalar
+            same = ops.matmul(y, self.weight) + y  # same-shape add: left alone
+            return y, same
+
+    return Broadcasting()
+
+
+def _inputs():
+    rng = np.random.default_rng(1)
+    return [rng.standard_normal(SHAPE).astype(np.float32), rng.standard_normal((2, 1, 1, 1)).astype(np.float32)]
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """(folder, single-file MindIR, split MindIR, eager outputs)."""
+    import mindspore as ms
+    from mindspore.train import serialization
+
+    root = tmp_path_factory.mktemp("memory-backend")
+    net = _net()
+    xs = [ms.Tensor(a) for a in _inputs()]
+    eager = [o.asnumpy() for o in net(*xs)]
+    ms.export(net, *xs, file_name=str(root / "single"), file_format="MINDIR")
+    saved = serialization.TOTAL_SAVE
+    serialization.TOTAL_SAVE = 0  # MindSpore's >1 GB layout: split_graph.mindir + split_variables/
+    try:
+        ms.export(net, *xs, file_name=str(root / "split"), file_format="MINDIR")
+    finally:
+        serialization.TOTAL_SAVE = saved
+    assert (root / "split_variables").is_dir()
+    return root, root / "single.mindir", root / "split_graph.mindir", eager
+
+
+def _listing(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("which", ["single", "split"])
+def test_expanded_graph_matches_plain_load_and_eager(exports, tmp_path, which):
+    root, single, split, eager = exports
+    path = single if which == "single" else split
+    before = _listing(root)
+    plain = backends.MindSporeBackend(expand_broadcasts=False).load(path)
+    expanded = backends.MindSporeBackend(expand_broadcasts=True, compile_cache=str(tmp_path)).load(path)
+    assert plain.expanded == 0
+    # bias, scale, the mean, the shift, lead and t: six broadcast inputs; the scalar and same-shape adds stay
+    assert expanded.expanded == 6
+    ref = plain(*_inputs())
+    out = expanded(*_inputs())
+    assert len(out) == len(ref) == len(eager) == 2
+    for o, r, e in zip(out, ref, eager):
+        assert o.shape == r.shape == SHAPE
+        np.testing.assert_array_equal(o, r)  # the same kernels on the same values: bit-identical here
+        assert np.linalg.norm(o - e) / np.linalg.norm(e) <= 1e-6
+    assert _listing(root) == before  # nothing written next to the export
+    assert list(tmp_path.iterdir()) == []  # the rewritten MindIR is removed once loaded
+
+
+def test_env_switch_and_make_backend(monkeypatch):
+    monkeypatch.setenv("VIDEO_AOT_EXPAND_BROADCASTS", "1")
+    assert backends.make_backend("mindspore").expand_broadcasts is True
+    monkeypatch.setenv("VIDEO_AOT_EXPAND_BROADCASTS", "0")
+    assert backends.make_backend("mindspore").expand_broadcasts is False
+    assert backends.make_backend("mindspore", expand_broadcasts=True).expand_broadcasts is True
+
+
+def test_rewrite_keeps_a_graph_without_broadcasts(tmp_path):
+    import mindspore as ms
+    from mindspore import nn
+    from mindspore.train import mind_ir_pb2
+
+    class Plain(nn.Cell):
+        def construct(self, x):
+            return x * x + 1.0
+
+    ms.export(Plain(), ms.Tensor(np.ones(SHAPE, np.float32)), file_name=str(tmp_path / "plain"),
+              file_format="MINDIR")
+    model = mind_ir_pb2.ModelProto()
+    model.ParseFromString((tmp_path / "plain.mindir").read_bytes())
+    nodes = len(model.graph.node)
+    assert backends.expand_broadcasts(model.graph, "BroadcastTo:x") == 0
+    assert len(model.graph.node) == nodes
