@@ -32,12 +32,13 @@ from mindspore import nn, ops
 from video_aot.models.loading import read_json
 
 from .components import Components
-from .graphs import GraphSpec, TensorSpec, VaeDecode, check_decode_chunk_size, relax_tolerance
-from .t2v import TOKENIZER_FILES, TextEncode, VaeEncode
+from .graphs import (
+    GraphSpec, TensorSpec, check_decode_chunk_size, check_pixel_size, check_unet_channels, clip_text_encoder, guided,
+    image_encoder, relax_tolerance, vae_decoder_graphs, vae_encoder_graphs,
+)
 
 # the image stem of I2VGenXLUNet always takes 4-channel image latents (diffusers' own constant)
 IMAGE_LATENT_CHANNELS = 4
-TOKENIZER_USABLE = ("tokenizer.json", ("vocab.json", "merges.txt"))
 
 
 # ----------------------------------------------------------------------------- wrapper cells
@@ -54,18 +55,7 @@ class UNetStep(nn.Cell):
         b = sample.shape[0]
         noise = self.unet(ops.cat((sample, sample), 0), timestep, fps, ops.cat((image_latents, image_latents), 0),
                           image_embeddings, encoder_hidden_states)
-        uncond, text = noise[:b], noise[b:]
-        return uncond + guidance_scale * (text - uncond)
-
-
-class ImageEncode(nn.Cell):
-    def __init__(self, encoder):
-        super().__init__()
-        self.encoder = encoder
-
-    def construct(self, pixel_values):
-        # pixel_values: [1, 3, S, S] CLIP-normalised -> image_embeds [1, E]
-        return self.encoder(pixel_values)
+        return guided(noise, b, guidance_scale)
 
 
 # ----------------------------------------------------------------------------- plan
@@ -75,10 +65,10 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     num_videos_per_prompt). ``decode_chunk_size`` defaults to diffusers' 1 (frame by frame; the 2-D
     VAE decodes each frame independently, so the chunk changes memory, not the frames)."""
     comps = Components(snapshot, weights, variant, dtype)
-    index = read_json(snapshot / "model_index.json")
+    index = comps.index()
     pipeline = index["_class_name"]
     configs = {name: comps.config(name) for name in ("unet", "vae", "text_encoder", "image_encoder")}
-    scheduler = read_json(snapshot / "scheduler" / "scheduler_config.json")
+    scheduler = comps.scheduler()
     feature_extractor = read_json(snapshot / "feature_extractor" / "preprocessor_config.json")
     unet_cfg, vae_cfg, text_cfg, enc_cfg = (configs[k] for k in ("unet", "vae", "text_encoder", "image_encoder"))
 
@@ -86,17 +76,13 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     scale = 2 ** (len(vae_cfg.get("block_out_channels", (64,))) - 1)
     if frames < 1 or batch < 1:
         raise ValueError(f"frames ({frames}) and batch ({batch}) must be positive")
-    if height % 8 or width % 8 or height % scale or width % scale or height < 8 or width < 8:
-        raise ValueError(f"`height` and `width` have to be divisible by 8 (and by the VAE factor {scale}) "
-                         f"but are {height} and {width}.")
+    check_pixel_size(height, width, scale)
     total = batch * frames
     chunk = check_decode_chunk_size(decode_chunk_size, total, default=1)  # diffusers' default: 1
 
     # component compatibility
     latent = vae_cfg.get("latent_channels", 4)
-    if unet_cfg.get("in_channels", 4) != latent or unet_cfg.get("out_channels", 4) != latent:
-        raise ValueError(f"unet in/out channels ({unet_cfg.get('in_channels')}, {unet_cfg.get('out_channels')}) "
-                         f"must equal the VAE latent_channels {latent}")
+    check_unet_channels(unet_cfg, latent)
     if latent != IMAGE_LATENT_CHANNELS:
         raise ValueError(f"I2VGenXLUNet's image stem takes {IMAGE_LATENT_CHANNELS}-channel image latents, but the "
                          f"VAE has latent_channels {latent}")
@@ -113,37 +99,18 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
         raise ValueError(f"feature_extractor crop_size {crop[1]}x{crop[0]} (WxH) differs from the image encoder's "
                          f"image_size {size}: diffusers resizes the CLIP image to the crop size, and CLIP's "
                          "position embeddings only fit image_size")
-    num_layers = text_cfg.get("num_hidden_layers", 12)
-    use_mask = bool(text_cfg.get("use_attention_mask", False))
 
-    # tokenizer: copied into the export so that it is self-contained
-    tok_dir, assets, tokenizer = comps.tokenizer(TOKENIZER_FILES, TOKENIZER_USABLE, required="tokenizer" in index)
-    max_length = text_cfg.get("max_position_embeddings", 77)
-    if tokenizer is not None:
-        tok_cfg = read_json(tok_dir / "tokenizer_config.json") if (tok_dir / "tokenizer_config.json").is_file() else {}
-        max_length = int(tok_cfg.get("model_max_length", max_length))
-        tokenizer["model_max_length"] = max_length
-    if max_length > text_cfg.get("max_position_embeddings", 77):
-        raise ValueError(f"tokenizer model_max_length {max_length} exceeds the text encoder's "
-                         f"max_position_embeddings {text_cfg.get('max_position_embeddings')}")
+    # the text encoder graph; its tokenizer is copied into the export so that it is self-contained
+    text_graph, text_fields = clip_text_encoder(comps, 1, required="tokenizer" in index)
+    max_length = text_fields["text_encoder"]["max_length"]
 
     h, w = height // scale, width // scale
     scaling = float(vae_cfg.get("scaling_factor", 0.18215))
 
-    text_inputs = [TensorSpec("input_ids", (1, max_length), "int32")]
-    if use_mask:
-        text_inputs.append(TensorSpec("attention_mask", (1, max_length), "int32"))
     graphs = [
-        (GraphSpec("text_encoder", tuple(text_inputs),
-                   (TensorSpec("prompt_embeds", (1, num_layers + 1, max_length, hidden)),),
-                   dummy_overrides={"attention_mask": [[1] * max_length]}),
-         lambda: TextEncode(comps.load("text_encoder"), use_mask)),
-        (GraphSpec("image_encoder", (TensorSpec("pixel_values", (1, 3, size, size)),),
-                   (TensorSpec("image_embeds", (1, embed)),)),
-         lambda: ImageEncode(comps.load("image_encoder"))),
-        (GraphSpec("vae_encoder", (TensorSpec("image", (1, 3, height, width)),),
-                   (TensorSpec("mean", (1, latent, h, w)), TensorSpec("std", (1, latent, h, w)))),
-         lambda: VaeEncode(comps.load("vae"))),
+        text_graph,
+        image_encoder(comps, 1, size, embed),
+        *vae_encoder_graphs(comps, 1, 1, (latent, h, w), (height, width), input_name="image"),
         (GraphSpec("unet", (
             TensorSpec("sample", (batch, latent, frames, h, w)),
             TensorSpec("timestep", (1,)),
@@ -156,15 +123,7 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
             dummy_overrides={"timestep": [500.0], "fps": [16.0], "guidance_scale": [9.0]}),
          lambda: UNetStep(comps.load("unet", num_frames=frames))),
     ]
-
-    def decoder(name, k):
-        return (GraphSpec(name, (TensorSpec("latents", (k, latent, h, w)),),
-                          (TensorSpec("frames", (k, 3, height, width)),)),
-                lambda: VaeDecode(comps.load("vae"), scaling))
-
-    graphs.append(decoder("vae_decoder", chunk))
-    if total % chunk:
-        graphs.append(decoder("vae_decoder_tail", total % chunk))
+    graphs += vae_decoder_graphs(comps, chunk, total, (latent, h, w), (height, width), scaling)
     relax_tolerance(graphs, dtype)
 
     manifest = {
@@ -179,11 +138,8 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
         "scheduler": scheduler,
         "feature_extractor": feature_extractor,
         "image_size": size,
-        "text_encoder": {"num_hidden_layers": num_layers, "hidden_size": hidden, "max_length": max_length,
-                         "use_attention_mask": use_mask},
-        "tokenizer": tokenizer,
+        **text_fields,
         "components": configs,
-        "assets": assets,
     }
     return graphs, manifest
 
