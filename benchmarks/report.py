@@ -17,7 +17,10 @@ BASELINE_DIR = Path(__file__).parent / "baselines"
 BACKENDS = ("exported", "pynative", "torch")
 # stages in the order they run; "unet" is the graph call inside "denoise_step"
 STAGES = ("image_encode", "text_encode", "vae_encode", "denoise_step", "unet", "vae_decode", "end_to_end")
-REPO = Path(__file__).resolve().parent.parent
+# the git checkout the record names; VIDEO_AOT_REPO overrides it when bench-model runs from a frozen copy
+# of the sources (MindSpore re-reads a cell's source file when it compiles, so edits made during a run
+# break the export: NOTES.md)
+REPO = Path(os.environ.get("VIDEO_AOT_REPO") or Path(__file__).resolve().parent.parent)
 
 
 # ----------------------------------------------------------------------------- environment

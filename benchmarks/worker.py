@@ -243,6 +243,17 @@ def _hook(obj, method: str, recorder: StageRecorder, stage: str):
     setattr(obj, method, timed)
 
 
+def _transformers_compat(pipe):
+    """diffusers 0.42's clip_skip paths (e.g. I2VGen-XL's encode_prompt, default clip_skip=1) read
+    ``text_encoder.text_model.final_layer_norm``; transformers 5's CLIPTextModel holds
+    ``final_layer_norm`` itself and has no ``text_model``. Alias it on any component that lacks it."""
+    from types import SimpleNamespace
+
+    for module in pipe.components.values():
+        if hasattr(module, "final_layer_norm") and not hasattr(module, "text_model"):
+            object.__setattr__(module, "text_model", SimpleNamespace(final_layer_norm=module.final_layer_norm))
+
+
 def run_torch(config: dict) -> dict:
     import torch
     from diffusers import DiffusionPipeline
@@ -257,6 +268,7 @@ def run_torch(config: dict) -> dict:
     start = time.perf_counter()
     pipe = DiffusionPipeline.from_pretrained(source["weights"], torch_dtype=torch.float32)
     pipe.to("cpu")
+    _transformers_compat(pipe)
     loaded = time.perf_counter()
     recorder.add("load", start, loaded, timed=False)
     pipe.set_progress_bar_config(disable=True)

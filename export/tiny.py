@@ -229,6 +229,62 @@ def write_t5_tokenizer(folder, words=TOKENIZER_WORDS, model_max_length: int = 22
     return folder
 
 
+# the words of HunyuanVideo's default Llama prompt template, so that the generated Llama tokenizer spells the
+# template as words and its crop keeps the prompt's own tokens
+LLAMA_TEMPLATE_WORDS = (
+    "system user describe the video by detailing following aspects main content and theme of color shape size "
+    "texture quantity text spatial relationships objects actions events behaviors temporal physical movement "
+    "changes background environment light style atmosphere camera angles movements transitions used in"
+).split()
+LLAMA_SPECIAL_TOKENS = ("<unk>", "<|end_of_text|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                        "<|eot_id|>")
+
+
+def write_llama_tokenizer(folder, words=TOKENIZER_WORDS, model_max_length: int = 1024) -> Path:
+    """A small but real tokenizer with Llama 3's special tokens (the chat template's headers;
+    <|begin_of_text|> in front of every text, right padding with <|end_of_text|>), saved as
+    tokenizer.json. A unigram model over "\u2581word" pieces with single characters as the fallback,
+    so that it segments the same under its own Metaspace pre-tokenizer (AutoTokenizer) and under the
+    one transformers' LlamaTokenizerFast substitutes (the whole text as one \u2581-joined piece)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    special = list(LLAMA_SPECIAL_TOKENS)
+    pieces = [(t, 0.0) for t in special]
+    words = list(dict.fromkeys(list(words) + LLAMA_TEMPLATE_WORDS))
+    pieces += [("\u2581" + w, -2.0 - 0.01 * i) for i, w in enumerate(words)]
+    chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;!?'-()\n"
+    pieces += [(c, -8.0) for c in chars] + [("\u2581", -5.0)]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=special.index("<unk>"), byte_fallback=False))
+    tok.add_special_tokens(special)
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    bos = "<|begin_of_text|>"
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, special.index(bos))])
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token="<|end_of_text|>",
+                            pad_token="<|end_of_text|>", unk_token="<unk>", padding_side="right",
+                            model_max_length=model_max_length).save_pretrained(str(folder))
+    return folder
+
+
+# TINY entry "tokenizer": one kind for tokenizer/, or {folder: kind} for pipelines with several tokenizers
+TOKENIZER_WRITERS = {"generated": write_clip_tokenizer, "generated-t5": write_t5_tokenizer,
+                     "generated-llama": write_llama_tokenizer}
+
+
+def tokenizer_folders(spec: dict) -> dict:
+    """folder -> generated tokenizer kind for a TINY entry (its "tokenizer": a kind or a {folder: kind} dict)."""
+    kinds = spec.get("tokenizer")
+    if not kinds:
+        return {}
+    kinds = kinds if isinstance(kinds, dict) else {"tokenizer": kinds}
+    unknown = sorted(set(kinds.values()) - set(TOKENIZER_WRITERS))
+    if unknown:
+        raise ValueError(f"unknown generated tokenizer kind(s) {unknown}; choose from {sorted(TOKENIZER_WRITERS)}")
+    return dict(kinds)
+
+
 def cache_home() -> Path:
     return Path(os.environ.get("VIDEO_AOT_HOME", Path.home() / ".cache" / "video-aot"))
 
@@ -261,9 +317,18 @@ def tiny_models() -> dict:
     from video_aot.runtime.families import families
 
     merged = dict(TINY)
+    BROKEN.clear()
     for spec in families().values():
-        merged.update(getattr(importlib.import_module(f"video_aot.export.{spec.export}"), "TINY_MODELS", {}))
+        try:
+            module = importlib.import_module(f"video_aot.export.{spec.export}")
+        except Exception as err:  # noqa: BLE001 - one family's broken export module leaves the others usable
+            BROKEN[spec.export] = f"{type(err).__name__}: {err}"
+            continue
+        merged.update(getattr(module, "TINY_MODELS", {}))
     return merged
+
+
+BROKEN: dict = {}  # export module -> why it failed to import (named when a lookup misses)
 
 
 def write_tiny_snapshot(name: str, folder: Path | None = None, seed: int = 0) -> Path:
@@ -276,7 +341,8 @@ def write_tiny_snapshot(name: str, folder: Path | None = None, seed: int = 0) ->
 
     models = tiny_models()
     if name not in models:
-        raise ValueError(f"unknown generated model {name!r}; known: {sorted(models)}")
+        broken = "".join(f"; export/{m}.py failed to import ({why})" for m, why in BROKEN.items())
+        raise ValueError(f"unknown generated model {name!r}; known: {sorted(models)}{broken}")
     spec = models[name]
     folder = Path(folder) if folder is not None else cache_home() / "snapshots" / f"{name}-seed{seed}"
     if (folder / "model_index.json").is_file():
@@ -308,9 +374,9 @@ def write_tiny_snapshot(name: str, folder: Path | None = None, seed: int = 0) ->
             _write_safetensors(work / component / f"{stem}.safetensors",
                                {k: checkpoint_shape(p) for k, p in parameters_by_name(cell).items()}, tensors())
             del cell
-        if spec.get("tokenizer") in ("generated", "generated-t5"):
-            shutil.rmtree(work / "tokenizer", ignore_errors=True)
-            (write_clip_tokenizer if spec["tokenizer"] == "generated" else write_t5_tokenizer)(work / "tokenizer")
+        for tok_folder, kind in tokenizer_folders(spec).items():
+            shutil.rmtree(work / tok_folder, ignore_errors=True)
+            TOKENIZER_WRITERS[kind](work / tok_folder)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
