@@ -257,8 +257,10 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
 
 
 # ----------------------------------------------------------------------------- generated snapshots
-# export/tiny.py format. tiny.py generates one tokenizer (a CLIP BPE one in tokenizer/); tokenizer_2 is
-# not generated, so these exports take prompt_embeds / pooled_prompt_embeds, or a tokenizer_2 copied in.
+# export/tiny.py format. Both tokenizers are generated: a small Llama-3-style one (its special tokens and the
+# prompt template's words) in tokenizer/ and a CLIP BPE one in tokenizer_2/; the encoders keep the real
+# vocab sizes, so any id they emit is valid.
+_TOKENIZERS = {"tokenizer": "generated-llama", "tokenizer_2": "generated"}
 _SHAPES = {"frames": 9, "decode_chunk_size": None}
 TINY_MODELS = {
     # diffusers' tests/pipelines/hunyuan_video dummy components, with 3 Llama layers (hidden_states[-3] is
@@ -279,7 +281,7 @@ TINY_MODELS = {
                                            "num_hidden_layers": 2, "projection_dim": 32, "torch_dtype": "float32"},
         },
         "components": ("transformer", "vae", "text_encoder", "text_encoder_2"),
-        "tokenizer": "generated",
+        "tokenizer": _TOKENIZERS,
         "shapes": dict(_SHAPES),
     },
     # HunyuanVideo's real widths and heads (transformer 24 x 128 heads, Llama 4096 wide with 32/8 heads,
@@ -294,7 +296,7 @@ TINY_MODELS = {
             "text_encoder_2/config.json": {"num_hidden_layers": 2, "torch_dtype": "float32"},
         },
         "components": ("transformer", "vae", "text_encoder", "text_encoder_2"),
-        "tokenizer": "generated",
+        "tokenizer": _TOKENIZERS,
         "shapes": dict(_SHAPES),
         "note": "HunyuanVideo's real widths and heads (transformer 24x128 heads, Llama 4096 wide with 32/8 heads, "
                 "CLIP-L 768, the real VAE) with random weights; the transformer keeps 1 of its 20 dual-stream and 1 "

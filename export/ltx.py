@@ -257,12 +257,16 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
 
 # ----------------------------------------------------------------------------- generated snapshots
 # bench-model's small tier: LTX-Video's real widths and heads (transformer 32 heads x 64 = 2048 wide,
-# caption 4096; T5-XXL 4096 wide, 64 heads; the real VAE) with less depth, for memory: the transformer
-# keeps 2 of its 28 blocks and T5 2 of its 24 layers.
+# caption 4096; T5-XXL 4096 wide, 64 heads; the VAE's real channels) with less depth, for memory: the
+# transformer keeps 2 of its 28 blocks, T5 1 of its 24 layers and every VAE decoder block (and the mid
+# block) 1 resnet layer. MindSpore 2.7.1's compiled CPU graphs hold 2-3x their weights at run time (the
+# CogVideoX small tier's exported process, with 2 T5 layers, peaked at 12.4 GB), and 0.9.1's real decoder
+# alone is 0.75 B parameters (its 1024-wide mid block 8 layers deep).
 _LTX_SMALL = {
     "transformer/config.json": {"num_layers": 2},
-    "text_encoder/config.json": {"num_layers": 2, "torch_dtype": "float32"},
+    "text_encoder/config.json": {"num_layers": 1, "torch_dtype": "float32"},
 }
+_LTX_DECODER_BLOCKS = {"ltx-video-0.9.0": 5, "ltx-video-0.9.1": 4, "ltx-video-0.9.5": 4}  # len(decoder_layers_per_block)
 _LTX_TINY = {
     "transformer/config.json": {"num_attention_heads": 4, "attention_head_dim": 8, "cross_attention_dim": 32,
                                 "num_layers": 1, "caption_channels": 32},
@@ -272,11 +276,16 @@ _LTX_TINY = {
 TINY_MODELS = {}
 for _preset in ("ltx-video-0.9.0", "ltx-video-0.9.1", "ltx-video-0.9.5"):
     TINY_MODELS[f"small-{_preset}"] = {
-        "base": _preset, "configs": _LTX_SMALL, "components": ("transformer", "vae", "text_encoder"),
+        "base": _preset,
+        "configs": {**_LTX_SMALL,
+                    "vae/config.json": {"decoder_layers_per_block": [1] * _LTX_DECODER_BLOCKS[_preset]}},
+        "components": ("transformer", "vae", "text_encoder"),
         "tokenizer": "generated-t5",
         "shapes": {"frames": 9, "height": 64, "width": 64, "decode_chunk_size": None},
         "note": "LTX-Video's real widths and heads (transformer 32x64 = 2048 wide, caption 4096; T5-XXL 4096 wide, "
-                "64 heads; the real VAE) with random weights; the transformer keeps 2 of its 28 blocks and T5 2 of "
-                "its 24 layers, for memory.",
+                "64 heads; the VAE's real channels, decoder 256/512/1024) with random weights; the transformer keeps "
+                "2 of its 28 blocks, T5 1 of its 24 layers, and each VAE decoder block and the mid block 1 resnet "
+                "layer (0.9.1: 5/6/7/8), for memory: MindSpore 2.7.1's compiled CPU graphs hold 2-3x their weights "
+                "and the real 0.9.1 decoder alone is 0.75 B parameters.",
     }
 TINY_MODELS["small-ltx-video"] = dict(TINY_MODELS["small-ltx-video-0.9.1"])
