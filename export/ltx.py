@@ -266,7 +266,8 @@ _LTX_SMALL = {
     "transformer/config.json": {"num_layers": 2},
     "text_encoder/config.json": {"num_layers": 1, "torch_dtype": "float32"},
 }
-_LTX_DECODER_BLOCKS = {"ltx-video-0.9.0": 5, "ltx-video-0.9.1": 4, "ltx-video-0.9.5": 4}  # len(decoder_layers_per_block)
+# len(decoder_layers_per_block) of each preset
+_LTX_DECODER_BLOCKS = {"ltx-video-0.9.0": 5, "ltx-video-0.9.1": 4, "ltx-video-0.9.5": 4}
 _LTX_TINY = {
     "transformer/config.json": {"num_attention_heads": 4, "attention_head_dim": 8, "cross_attention_dim": 32,
                                 "num_layers": 1, "caption_channels": 32},
