@@ -493,6 +493,28 @@ class Downsample2D(nn.Cell):
         return self.conv(x)
 
 
+class ResnetStack(nn.Cell):
+    """Resnets in sequence, then at most one resampler, under the checkpoint names ``resnets.N`` and
+    ``downsamplers.0`` / ``upsamplers.0``: diffusers' DownEncoderBlock2D / UpDecoderBlock2D and the
+    video VAE blocks of the same shape (SVD's UpBlockTemporalDecoder, HunyuanVideo's and LTX 0.9.5's
+    down / up blocks). The cells come built; each takes and returns x alone."""
+
+    def __init__(self, resnets, downsampler=None, upsampler=None):
+        super().__init__()
+        self.resnets = nn.CellList(resnets)
+        self.downsamplers = nn.CellList([downsampler]) if downsampler is not None else None
+        self.upsamplers = nn.CellList([upsampler]) if upsampler is not None else None
+
+    def construct(self, x):
+        for resnet in self.resnets:
+            x = resnet(x)
+        if self.downsamplers is not None:
+            x = self.downsamplers[0](x)
+        if self.upsamplers is not None:
+            x = self.upsamplers[0](x)
+        return x
+
+
 def pad_bottom_right(x):
     """One zero row at the bottom and one zero column at the right of [..., H, W] (torch's
     ``F.pad(x, (0, 1, 0, 1))``), written as concats so that it also traces in bf16, which

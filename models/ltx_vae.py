@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-from .layers import FP32, Conv3d, LayerNorm, silu
+from .layers import FP32, Conv3d, LayerNorm, ResnetStack, silu
 from .loading import register
 from .ltx import PixArtAlphaCombinedTimestepSizeEmbeddings
 
@@ -415,29 +415,20 @@ class LTXVideoDownBlock3D(nn.Cell):
         return x
 
 
-class LTXVideo095DownBlock3D(nn.Cell):
+class LTXVideo095DownBlock3D(ResnetStack):
     """0.9.5 down block: resnets, then a conv or space-to-depth downsampler that also changes channels."""
 
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, eps: float, spatio_temporal_scale: bool,
                  is_causal: bool, downsample_type: str):
-        super().__init__()
-        self.resnets = nn.CellList([LTXVideoResnetBlock3d(in_channels, in_channels, eps, is_causal)
-                                    for _ in range(num_layers)])
-        self.has_down = spatio_temporal_scale
+        resnets = [LTXVideoResnetBlock3d(in_channels, in_channels, eps, is_causal) for _ in range(num_layers)]
+        down = None
         if spatio_temporal_scale:
             if downsample_type == "conv":
                 down = LTXVideoCausalConv3d(in_channels, in_channels, 3, stride=2, is_causal=is_causal)
             else:
                 down = LTXVideoDownsampler3d(in_channels, out_channels, _DOWNSAMPLE_STRIDES[downsample_type],
                                              is_causal)
-            self.downsamplers = nn.CellList([down])
-
-    def construct(self, x):
-        for resnet in self.resnets:
-            x = resnet(x)
-        if self.has_down:
-            x = self.downsamplers[0](x)
-        return x
+        super().__init__(resnets, downsampler=down)
 
 
 class LTXVideoMidBlock3d(nn.Cell):

@@ -14,9 +14,10 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from .layers import (
     Attention, BasicTransformerBlock, Conv2d, Conv3d, Downsample2D, FeedForward, GroupNorm, LayerNorm, Linear,
-    ResnetBlock2D, TimestepEmbedding, Timesteps, Upsample2D, silu,
+    ResnetBlock2D, ResnetStack, TimestepEmbedding, Timesteps, Upsample2D, silu,
 )
 from .loading import register
+from .unet2d import DownBlock2D, UNet2DBody, UNetMidBlock2DCrossAttn, UpBlock2D, repeat_per_frame, up_resnet_in_channels
 from .vae import Encoder
 
 
@@ -250,86 +251,57 @@ class TransformerSpatioTemporalModel(nn.Cell):
         return h.reshape(bf, hgt, wid, c).transpose(0, 3, 1, 2) + residual
 
 
-class DownBlockSpatioTemporal(nn.Cell):
+class DownBlockSpatioTemporal(DownBlock2D):
+    """The SD UNet's down block (models/unet2d.py) with SVD's cells: SpatioTemporalResBlocks and
+    TransformerSpatioTemporalModels."""
+
     def __init__(self, in_channels, out_channels, temb_channels, num_layers, add_downsample, num_frames,
                  cross_attention=False, transformer_layers=1, num_attention_heads=1, cross_attention_dim=1280):
-        super().__init__()
         eps = 1e-6 if cross_attention else 1e-5
-        self.resnets = nn.CellList([
+        resnets = [
             SpatioTemporalResBlock(in_channels if i == 0 else out_channels, out_channels, temb_channels, num_frames, eps)
             for i in range(num_layers)
-        ])
-        self.attentions = nn.CellList([
+        ]
+        attentions = [
             TransformerSpatioTemporalModel(num_attention_heads, out_channels // num_attention_heads, out_channels,
                                            transformer_layers, cross_attention_dim, num_frames)
             for _ in range(num_layers)
-        ]) if cross_attention else None
-        self.downsamplers = nn.CellList([Downsample2D(out_channels, out_channels=out_channels, padding=1)]) \
-            if add_downsample else None
-
-    def construct(self, x, temb, encoder_hidden_states):
-        outputs = ()
-        for i in range(len(self.resnets)):
-            x = self.resnets[i](x, temb)
-            if self.attentions is not None:
-                x = self.attentions[i](x, encoder_hidden_states)
-            outputs = outputs + (x,)
-        if self.downsamplers is not None:
-            x = self.downsamplers[0](x)
-            outputs = outputs + (x,)
-        return x, outputs
+        ] if cross_attention else None
+        downsampler = Downsample2D(out_channels, out_channels=out_channels, padding=1) if add_downsample else None
+        super().__init__(resnets, attentions, downsampler)
 
 
-class UpBlockSpatioTemporal(nn.Cell):
+class UpBlockSpatioTemporal(UpBlock2D):
+    """The SD UNet's up block (models/unet2d.py) with SVD's cells."""
+
     def __init__(self, in_channels, prev_output_channel, out_channels, temb_channels, num_layers, add_upsample,
                  num_frames, cross_attention=False, transformer_layers=1, num_attention_heads=1,
                  cross_attention_dim=1280):
-        super().__init__()
-        resnets = []
-        for i in range(num_layers):
-            skip = in_channels if i == num_layers - 1 else out_channels
-            res_in = prev_output_channel if i == 0 else out_channels
-            resnets.append(SpatioTemporalResBlock(res_in + skip, out_channels, temb_channels, num_frames, 1e-6))
-        self.resnets = nn.CellList(resnets)
-        self.attentions = nn.CellList([
+        resnets = [SpatioTemporalResBlock(res_in, out_channels, temb_channels, num_frames, 1e-6)
+                   for res_in in up_resnet_in_channels(in_channels, prev_output_channel, out_channels, num_layers)]
+        attentions = [
             TransformerSpatioTemporalModel(num_attention_heads, out_channels // num_attention_heads, out_channels,
                                            transformer_layers, cross_attention_dim, num_frames)
             for _ in range(num_layers)
-        ]) if cross_attention else None
-        self.upsamplers = nn.CellList([Upsample2D(out_channels, out_channels=out_channels)]) if add_upsample else None
-
-    def construct(self, x, skips, temb, encoder_hidden_states, upsample_size=None):
-        n = len(self.resnets)
-        for i in range(n):
-            x = ops.cat((x, skips[n - 1 - i]), 1)
-            x = self.resnets[i](x, temb)
-            if self.attentions is not None:
-                x = self.attentions[i](x, encoder_hidden_states)
-        if self.upsamplers is not None:
-            x = self.upsamplers[0](x, upsample_size)
-        return x
+        ] if cross_attention else None
+        upsampler = Upsample2D(out_channels, out_channels=out_channels) if add_upsample else None
+        super().__init__(resnets, attentions, upsampler)
 
 
-class UNetMidBlockSpatioTemporal(nn.Cell):
+class UNetMidBlockSpatioTemporal(UNetMidBlock2DCrossAttn):
+    """The SD UNet's mid block (resnet, attention, resnet) with SVD's cells."""
+
     def __init__(self, channels, temb_channels, transformer_layers, num_attention_heads, cross_attention_dim,
                  num_frames):
-        super().__init__()
-        self.resnets = nn.CellList([
-            SpatioTemporalResBlock(channels, channels, temb_channels, num_frames, 1e-5) for _ in range(2)
-        ])
-        self.attentions = nn.CellList([
-            TransformerSpatioTemporalModel(num_attention_heads, channels // num_attention_heads, channels,
-                                           transformer_layers, cross_attention_dim, num_frames)
-        ])
-
-    def construct(self, x, temb, encoder_hidden_states):
-        x = self.resnets[0](x, temb)
-        x = self.attentions[0](x, encoder_hidden_states)
-        return self.resnets[1](x, temb)
+        resnets = [SpatioTemporalResBlock(channels, channels, temb_channels, num_frames, 1e-5) for _ in range(2)]
+        attentions = [TransformerSpatioTemporalModel(num_attention_heads, channels // num_attention_heads, channels,
+                                                     transformer_layers, cross_attention_dim, num_frames)]
+        super().__init__(resnets, attentions)
 
 
-class UNetSpatioTemporalConditionModel(nn.Cell):
-    """One UNet call. The frame count is a construction-time constant (static graphs)."""
+class UNetSpatioTemporalConditionModel(UNet2DBody):
+    """One UNet call. The frame count is a construction-time constant (static graphs). The levels
+    are the SD UNet's (models/unet2d.py UNet2DBody) with SVD's blocks."""
 
     def __init__(self, config: UNetSpatioTemporalConfig, num_frames: int | None = None):
         super().__init__()
@@ -337,69 +309,53 @@ class UNetSpatioTemporalConditionModel(nn.Cell):
         f = num_frames or config.num_frames
         self.num_frames = f
         ch = config.block_out_channels
+        n = len(ch)
         heads = config.per_block("num_attention_heads")
         cross = config.per_block("cross_attention_dim")
         layers = config.per_block("layers_per_block")
         tlayers = config.per_block("transformer_layers_per_block")
         temb = ch[0] * 4
+        self.center_input_sample = False
         self.conv_in = Conv2d(config.in_channels, ch[0], 3, padding=1)
+        self.transformer_in = None
         self.time_proj = Timesteps(ch[0], True, 0)
         self.time_embedding = TimestepEmbedding(ch[0], temb)
+        self.time_embed_act = None
         self.add_time_proj = Timesteps(config.addition_time_embed_dim, True, 0)
         self.add_embedding = TimestepEmbedding(config.projection_class_embeddings_input_dim, temb)
-        down = []
-        out_ch = ch[0]
-        for i, kind in enumerate(config.down_block_types):
-            in_ch, out_ch = out_ch, ch[i]
-            down.append(DownBlockSpatioTemporal(
-                in_ch, out_ch, temb, layers[i], add_downsample=i != len(ch) - 1, num_frames=f,
-                cross_attention=kind.startswith("CrossAttn"), transformer_layers=tlayers[i],
-                num_attention_heads=heads[i], cross_attention_dim=cross[i]))
-        self.down_blocks = nn.CellList(down)
-        self.mid_block = UNetMidBlockSpatioTemporal(ch[-1], temb, tlayers[-1], heads[-1], cross[-1], f)
-        rch, rheads, rlayers, rcross, rtl = (list(reversed(v)) for v in (ch, heads, layers, cross, tlayers))
-        up = []
-        out_ch = rch[0]
-        for i, kind in enumerate(config.up_block_types):
-            prev, out_ch = out_ch, rch[i]
-            in_ch = rch[min(i + 1, len(ch) - 1)]
-            up.append(UpBlockSpatioTemporal(
-                in_ch, prev, out_ch, temb, rlayers[i] + 1, add_upsample=i != len(ch) - 1, num_frames=f,
-                cross_attention=kind.startswith("CrossAttn"), transformer_layers=rtl[i],
-                num_attention_heads=rheads[i], cross_attention_dim=rcross[i]))
-        self.up_blocks = nn.CellList(up)
+
+        def down(i, in_ch, out_ch, add_downsample):
+            return DownBlockSpatioTemporal(
+                in_ch, out_ch, temb, layers[i], add_downsample, f,
+                cross_attention=config.down_block_types[i].startswith("CrossAttn"), transformer_layers=tlayers[i],
+                num_attention_heads=heads[i], cross_attention_dim=cross[i])
+
+        def mid(channels):
+            return UNetMidBlockSpatioTemporal(channels, temb, tlayers[-1], heads[-1], cross[-1], f)
+
+        def up(i, in_ch, prev, out_ch, add_upsample):
+            r = n - 1 - i
+            return UpBlockSpatioTemporal(
+                in_ch, prev, out_ch, temb, layers[r] + 1, add_upsample, f,
+                cross_attention=config.up_block_types[i].startswith("CrossAttn"), transformer_layers=tlayers[r],
+                num_attention_heads=heads[r], cross_attention_dim=cross[r])
+
+        self._add_levels(ch, down, mid, up)
         self.conv_norm_out = GroupNorm(32, ch[0], eps=1e-5)
         self.conv_out = Conv2d(ch[0], config.out_channels, 3, padding=1)
-        self.num_upsamplers = len(ch) - 1
+        self.act = silu
 
     def construct(self, sample, timestep, encoder_hidden_states, added_time_ids):
         # sample: [B, F, C_in, h, w]; timestep: [B] or [1]; encoder_hidden_states: [B, M, D];
         # added_time_ids: [B, 3]  ->  [B, F, C_out, h, w]
         b, f, cin, hgt, wid = sample.shape
         dtype = self.conv_in.weight.dtype
-        t = ops.broadcast_to(timestep.reshape(-1), (b,))
-        emb = self.time_embedding(self.time_proj(t).astype(dtype))
+        emb = self._time_embedding(timestep, b)
         time_embeds = self.add_time_proj(added_time_ids.reshape(-1)).reshape(b, -1).astype(dtype)
-        emb = emb + self.add_embedding(time_embeds)
-        # repeat_interleave over frames: [B, T] -> [B*F, T]
-        emb = ops.broadcast_to(emb[:, None], (b, f, emb.shape[-1])).reshape(b * f, -1)
-        ctx = encoder_hidden_states.astype(dtype)
-        ctx = ops.broadcast_to(ctx[:, None], (b, f) + ctx.shape[1:]).reshape((b * f,) + ctx.shape[1:])
-        h = self.conv_in(sample.astype(dtype).reshape(b * f, cin, hgt, wid))
-        skips = (h,)
-        for block in self.down_blocks:
-            h, res = block(h, emb, ctx)
-            skips = skips + res
-        h = self.mid_block(h, emb, ctx)
-        for i, block in enumerate(self.up_blocks):
-            n = len(block.resnets)
-            res = skips[len(skips) - n:]
-            skips = skips[:len(skips) - n]
-            size = None
-            if i < len(self.up_blocks) - 1 and (hgt % (2 ** self.num_upsamplers) or wid % (2 ** self.num_upsamplers)):
-                size = skips[-1].shape[2:]
-            h = block(h, res, emb, ctx, size)
-        h = self.conv_out(silu(self.conv_norm_out(h)))
+        # repeat_interleave over frames: [B, T] -> [B*F, T]; the context likewise -> [B*F, M, D]
+        emb = repeat_per_frame(emb + self.add_embedding(time_embeds), f)
+        ctx = repeat_per_frame(encoder_hidden_states.astype(dtype), f)
+        h = self._levels(sample.astype(dtype).reshape(b * f, cin, hgt, wid), emb, ctx)
         return h.reshape((b, f) + h.shape[1:]).astype(ms.float32)
 
 
@@ -425,23 +381,16 @@ class MidBlockTemporalDecoder(nn.Cell):
         return x
 
 
-class UpBlockTemporalDecoder(nn.Cell):
+class UpBlockTemporalDecoder(ResnetStack):
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, add_upsample: bool, num_frames: int):
-        super().__init__()
-        self.resnets = nn.CellList([
+        resnets = [
             SpatioTemporalResBlock(in_channels if i == 0 else out_channels, out_channels, None, num_frames,
                                    eps=1e-6, temporal_eps=1e-5, merge_factor=0.0,
                                    switch_spatial_to_temporal_mix=True)
             for i in range(num_layers)
-        ])
-        self.upsamplers = nn.CellList([Upsample2D(out_channels, out_channels=out_channels)]) if add_upsample else None
-
-    def construct(self, x):
-        for resnet in self.resnets:
-            x = resnet(x)
-        if self.upsamplers is not None:
-            x = self.upsamplers[0](x)
-        return x
+        ]
+        super().__init__(resnets, upsampler=Upsample2D(out_channels, out_channels=out_channels) if add_upsample
+                         else None)
 
 
 class TemporalDecoder(nn.Cell):

@@ -319,15 +319,14 @@ def _add_temporal(block: nn.Cell, temporal: dict | None):
 
 
 class _Block2D(nn.Cell):
-    """What the down and up blocks share, per layer: resnet [-> temporal conv] [-> spatial
-    transformer [-> temporal transformer]] [-> motion module]. The temporal layers (UNet3D,
-    AnimateDiff) come from ``temporal`` (see :func:`_add_temporal`)."""
+    """What the down, up and mid blocks share: their layers, as cells the caller builds (the
+    resnets, the spatial transformers or None, the temporal layers: see :func:`_add_temporal`), and
+    one layer's pass: resnet [-> temporal conv] [-> spatial transformer [-> temporal transformer]]
+    [-> motion module]."""
 
-    def _add_layers(self, n, channels, heads, num_layers, cross_attention_dim, layout, cross_attention,
-                    cross_frames, temporal):
-        self.attentions = nn.CellList([
-            _spatial(channels, heads, num_layers, cross_attention_dim, layout, cross_frames) for _ in range(n)
-        ]) if cross_attention else None
+    def _set_layers(self, resnets, attentions, temporal):
+        self.resnets = nn.CellList(resnets)
+        self.attentions = nn.CellList(attentions) if attentions is not None else None
         _add_temporal(self, temporal)
 
     def _layer(self, i, x, temb, encoder_hidden_states):
@@ -344,22 +343,15 @@ class _Block2D(nn.Cell):
 
 
 class DownBlock2D(_Block2D):
-    """resnet [-> temporal layers] [-> spatial attention] per layer, then a stride-2 conv.
-    ``cross_attention`` selects CrossAttnDownBlock2D (CrossAttnDownBlock3D / CrossAttnDownBlockMotion
-    with ``temporal``)."""
+    """resnet [-> temporal layers] [-> spatial attention] per layer, then a stride-2 conv: DownBlock2D,
+    CrossAttnDownBlock2D with ``attentions`` (CrossAttnDownBlock3D / CrossAttnDownBlockMotion with
+    ``temporal``; SVD's DownBlockSpatioTemporal with its own cells). :func:`down_block` builds the SD
+    UNet's from a layout."""
 
-    def __init__(self, in_channels, out_channels, temb_channels, layout, index, add_downsample, cross_attention,
-                 cross_frames=None, temporal=None):
+    def __init__(self, resnets, attentions=None, downsampler=None, temporal=None):
         super().__init__()
-        n = layout.layers_per_block[index]
-        self.resnets = nn.CellList([
-            _resnet(in_channels if i == 0 else out_channels, out_channels, temb_channels, layout) for i in range(n)
-        ])
-        self._add_layers(n, out_channels, layout.heads[index], layout.transformer_layers[index],
-                         layout.cross_attention_dim[index], layout, cross_attention, cross_frames, temporal)
-        self.downsamplers = nn.CellList([
-            Downsample2D(out_channels, out_channels=out_channels, padding=layout.downsample_padding)
-        ]) if add_downsample else None
+        self._set_layers(resnets, attentions, temporal)
+        self.downsamplers = nn.CellList([downsampler]) if downsampler is not None else None
 
     def construct(self, x, temb, encoder_hidden_states):
         outputs = ()
@@ -374,24 +366,13 @@ class DownBlock2D(_Block2D):
 
 class UpBlock2D(_Block2D):
     """Per layer: concat the skip, resnet [-> temporal layers] [-> spatial attention]; then nearest
-    2x + conv. ``cross_attention`` selects CrossAttnUpBlock2D (CrossAttnUpBlock3D /
-    CrossAttnUpBlockMotion with ``temporal``). ``index`` counts the up blocks (the reversed per-block
-    values)."""
+    2x + conv: UpBlock2D, CrossAttnUpBlock2D with ``attentions`` (and their 3-D, Motion and SVD
+    forms, as :class:`DownBlock2D`). :func:`up_block` builds the SD UNet's from a layout."""
 
-    def __init__(self, in_channels, prev_output_channel, out_channels, temb_channels, layout, index, add_upsample,
-                 cross_attention, cross_frames=None, temporal=None):
+    def __init__(self, resnets, attentions=None, upsampler=None, temporal=None):
         super().__init__()
-        r = len(layout.block_out_channels) - 1 - index
-        n = layout.layers_per_block[r] + 1
-        resnets = []
-        for i in range(n):
-            skip = in_channels if i == n - 1 else out_channels
-            res_in = prev_output_channel if i == 0 else out_channels
-            resnets.append(_resnet(res_in + skip, out_channels, temb_channels, layout))
-        self.resnets = nn.CellList(resnets)
-        self._add_layers(n, out_channels, layout.heads[r], layout.transformer_layers[r],
-                         layout.cross_attention_dim[r], layout, cross_attention, cross_frames, temporal)
-        self.upsamplers = nn.CellList([Upsample2D(out_channels, out_channels=out_channels)]) if add_upsample else None
+        self._set_layers(resnets, attentions, temporal)
+        self.upsamplers = nn.CellList([upsampler]) if upsampler is not None else None
 
     def construct(self, x, skips, temb, encoder_hidden_states, upsample_size=None):
         # skips: this block's skip connections, oldest first; popped from the end as diffusers does
@@ -404,22 +385,15 @@ class UpBlock2D(_Block2D):
         return x
 
 
-class UNetMidBlock2DCrossAttn(nn.Cell):
+class UNetMidBlock2DCrossAttn(_Block2D):
     """resnet [-> temporal conv], then per layer: spatial attention [-> temporal attention]
     [-> motion module] -> resnet [-> temporal conv] (UNetMidBlock3DCrossAttn /
-    UNetMidBlockCrossAttnMotion with ``temporal``)."""
+    UNetMidBlockCrossAttnMotion with ``temporal``, SVD's UNetMidBlockSpatioTemporal with its own
+    cells). :func:`mid_block` builds the SD UNet's from a layout."""
 
-    def __init__(self, channels, temb_channels, layout, cross_frames=None, temporal=None):
+    def __init__(self, resnets, attentions, temporal=None):
         super().__init__()
-        n = layout.mid_block_layers
-        scale = layout.mid_block_scale_factor
-        self.resnets = nn.CellList([_resnet(channels, channels, temb_channels, layout, scale) for _ in range(n + 1)])
-        self.attentions = nn.CellList([
-            _spatial(channels, layout.heads[-1], layout.mid_transformer_layers, layout.cross_attention_dim[-1], layout,
-                     cross_frames)
-            for _ in range(n)
-        ])
-        _add_temporal(self, temporal)
+        self._set_layers(resnets, attentions, temporal)
 
     def construct(self, x, temb, encoder_hidden_states):
         x = self.resnets[0](x, temb)
@@ -435,6 +409,54 @@ class UNetMidBlock2DCrossAttn(nn.Cell):
             if self.temp_convs is not None:
                 x = self.temp_convs[i + 1](x)
         return x
+
+
+def up_resnet_in_channels(in_channels: int, prev_output_channel: int, out_channels: int, n: int) -> list:
+    """The input width of each of an up block's n resnets: the layer below's output (the previous
+    block's for the first) plus the skip concatenated to it (the level's input for the last)."""
+    return [(prev_output_channel if i == 0 else out_channels) + (in_channels if i == n - 1 else out_channels)
+            for i in range(n)]
+
+
+def down_block(in_channels, out_channels, temb_channels, layout, index, add_downsample, cross_attention,
+               cross_frames=None, temporal=None) -> DownBlock2D:
+    n = layout.layers_per_block[index]
+    resnets = [_resnet(in_channels if i == 0 else out_channels, out_channels, temb_channels, layout) for i in range(n)]
+    attentions = [
+        _spatial(out_channels, layout.heads[index], layout.transformer_layers[index], layout.cross_attention_dim[index],
+                 layout, cross_frames)
+        for _ in range(n)
+    ] if cross_attention else None
+    downsampler = Downsample2D(out_channels, out_channels=out_channels, padding=layout.downsample_padding) \
+        if add_downsample else None
+    return DownBlock2D(resnets, attentions, downsampler, temporal)
+
+
+def up_block(in_channels, prev_output_channel, out_channels, temb_channels, layout, index, add_upsample,
+             cross_attention, cross_frames=None, temporal=None) -> UpBlock2D:
+    """``index`` counts the up blocks (the reversed per-block values)."""
+    r = len(layout.block_out_channels) - 1 - index
+    n = layout.layers_per_block[r] + 1
+    resnets = [_resnet(res_in, out_channels, temb_channels, layout)
+               for res_in in up_resnet_in_channels(in_channels, prev_output_channel, out_channels, n)]
+    attentions = [
+        _spatial(out_channels, layout.heads[r], layout.transformer_layers[r], layout.cross_attention_dim[r], layout,
+                 cross_frames)
+        for _ in range(n)
+    ] if cross_attention else None
+    upsampler = Upsample2D(out_channels, out_channels=out_channels) if add_upsample else None
+    return UpBlock2D(resnets, attentions, upsampler, temporal)
+
+
+def mid_block(channels, temb_channels, layout, cross_frames=None, temporal=None) -> UNetMidBlock2DCrossAttn:
+    n = layout.mid_block_layers
+    resnets = [_resnet(channels, channels, temb_channels, layout, layout.mid_block_scale_factor) for _ in range(n + 1)]
+    attentions = [
+        _spatial(channels, layout.heads[-1], layout.mid_transformer_layers, layout.cross_attention_dim[-1], layout,
+                 cross_frames)
+        for _ in range(n)
+    ]
+    return UNetMidBlock2DCrossAttn(resnets, attentions, temporal)
 
 
 # ============================================================================= UNet
@@ -474,33 +496,46 @@ class UNet2DBody(nn.Cell):
         self.time_embed_act = get_activation(layout.time_embedding_act_fn) if layout.time_embedding_act_fn else None
         self.transformer_in = transformer_in
         temporal = temporal or (lambda kind, block, layers, channels, cross_attention: None)
-        down = []
-        out_ch = ch[0]
-        for i in range(nb):
-            in_ch, out_ch = out_ch, ch[i]
-            down.append(DownBlock2D(in_ch, out_ch, temb, layout, i, add_downsample=i != nb - 1,
-                                    cross_attention=layout.down_cross[i], cross_frames=cross_frames,
-                                    temporal=temporal("down", i, layout.layers_per_block[i], out_ch,
-                                                      layout.down_cross[i])))
-        self.down_blocks = nn.CellList(down)
-        self.mid_block = UNetMidBlock2DCrossAttn(ch[-1], temb, layout, cross_frames,
-                                                 temporal("mid", 0, layout.mid_block_layers, ch[-1], True)) \
-            if layout.mid_block else None
-        rch = list(reversed(ch))
-        up = []
-        out_ch = rch[0]
-        for i in range(nb):
-            prev, out_ch = out_ch, rch[i]
-            in_ch = rch[min(i + 1, nb - 1)]
-            up.append(UpBlock2D(in_ch, prev, out_ch, temb, layout, i, add_upsample=i != nb - 1,
-                                cross_attention=layout.up_cross[i], cross_frames=cross_frames,
-                                temporal=temporal("up", i, layout.layers_per_block[nb - 1 - i] + 1, out_ch,
-                                                  layout.up_cross[i])))
-        self.up_blocks = nn.CellList(up)
+
+        def down(i, in_ch, out_ch, add_downsample):
+            return down_block(in_ch, out_ch, temb, layout, i, add_downsample, layout.down_cross[i], cross_frames,
+                              temporal("down", i, layout.layers_per_block[i], out_ch, layout.down_cross[i]))
+
+        def mid(channels):
+            if not layout.mid_block:
+                return None
+            return mid_block(channels, temb, layout, cross_frames,
+                             temporal("mid", 0, layout.mid_block_layers, channels, True))
+
+        def up(i, in_ch, prev, out_ch, add_upsample):
+            return up_block(in_ch, prev, out_ch, temb, layout, i, add_upsample, layout.up_cross[i], cross_frames,
+                            temporal("up", i, layout.layers_per_block[nb - 1 - i] + 1, out_ch, layout.up_cross[i]))
+
+        self._add_levels(ch, down, mid, up)
         self.conv_norm_out = GroupNorm(layout.norm_num_groups, ch[0], eps=layout.norm_eps)
         self.conv_out = Conv2d(ch[0], layout.out_channels, layout.conv_out_kernel,
                                padding=(layout.conv_out_kernel - 1) // 2)
         self.act = get_activation(layout.act_fn)
+
+    def _add_levels(self, ch, down, mid, up):
+        """down_blocks, mid_block, up_blocks for the level widths ``ch``: ``down(i, in_ch, out_ch,
+        add_downsample)``, ``mid(channels)`` and ``up(i, in_ch, prev_output_channel, out_ch,
+        add_upsample)`` build one block each (``i`` counts the down, or the up, blocks)."""
+        nb = len(ch)
+        blocks = []
+        out_ch = ch[0]
+        for i in range(nb):
+            in_ch, out_ch = out_ch, ch[i]
+            blocks.append(down(i, in_ch, out_ch, i != nb - 1))
+        self.down_blocks = nn.CellList(blocks)
+        self.mid_block = mid(ch[-1])
+        rch = list(reversed(ch))
+        blocks = []
+        out_ch = rch[0]
+        for i in range(nb):
+            prev, out_ch = out_ch, rch[i]
+            blocks.append(up(i, rch[min(i + 1, nb - 1)], prev, out_ch, i != nb - 1))
+        self.up_blocks = nn.CellList(blocks)
         self.num_upsamplers = nb - 1
 
     def enable_forward_chunking(self, chunk_size: int | None = None, dim: int = 0):

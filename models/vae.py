@@ -5,29 +5,19 @@ from __future__ import annotations
 
 from mindspore import nn
 
-from .layers import Attention, Conv2d, Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D, silu
+from .layers import Attention, Conv2d, Downsample2D, GroupNorm, ResnetBlock2D, ResnetStack, Upsample2D, silu
 
 
-class DownEncoderBlock2D(nn.Cell):
+class DownEncoderBlock2D(ResnetStack):
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, add_downsample: bool,
                  eps: float = 1e-6, downsample_padding: int = 0):
-        super().__init__()
-        self.resnets = nn.CellList([
+        resnets = [
             ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, temb_channels=None,
                           groups=groups, eps=eps)
             for i in range(num_layers)
-        ])
-        self.downsamplers = (
-            nn.CellList([Downsample2D(out_channels, out_channels=out_channels, padding=downsample_padding)])
-            if add_downsample else None
-        )
-
-    def construct(self, x):
-        for resnet in self.resnets:
-            x = resnet(x)
-        if self.downsamplers is not None:
-            x = self.downsamplers[0](x)
-        return x
+        ]
+        super().__init__(resnets, downsampler=Downsample2D(out_channels, out_channels=out_channels,
+                                                           padding=downsample_padding) if add_downsample else None)
 
 
 class UNetMidBlock2D(nn.Cell):
@@ -88,23 +78,16 @@ class Encoder(nn.Cell):
         return self.conv_out(silu(self.conv_norm_out(x)))
 
 
-class UpDecoderBlock2D(nn.Cell):
+class UpDecoderBlock2D(ResnetStack):
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, add_upsample: bool,
                  eps: float = 1e-6):
-        super().__init__()
-        self.resnets = nn.CellList([
+        resnets = [
             ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, temb_channels=None,
                           groups=groups, eps=eps)
             for i in range(num_layers)
-        ])
-        self.upsamplers = nn.CellList([Upsample2D(out_channels, out_channels=out_channels)]) if add_upsample else None
-
-    def construct(self, x):
-        for resnet in self.resnets:
-            x = resnet(x)
-        if self.upsamplers is not None:
-            x = self.upsamplers[0](x)
-        return x
+        ]
+        super().__init__(resnets, upsampler=Upsample2D(out_channels, out_channels=out_channels) if add_upsample
+                         else None)
 
 
 class Decoder(nn.Cell):
