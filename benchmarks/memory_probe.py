@@ -7,6 +7,14 @@ weight size, run in several ways, each in its own process, with VmRSS / VmHWM re
 ``--kind dense``: a stack of 4096x4096 Dense layers with ReLU on [T, 4096] tokens (T = 64 small, 2048 big);
 ``--kind conv``: a stack of 1280->1280 3x3 convolutions with ReLU on [1, 1280, S, S] (S = 16 small, 64 big).
 Prints one table row per variant: RSS after each step and the peak, in MB, and peak / weight bytes.
+
+    python -m benchmarks.memory_probe --export EXPORT_DIR [--graphs unet] [--calls 2] [--backend-options JSON]
+        every graph of an export through runtime/backends.py: RSS after each load and call, output checksum
+    python -m benchmarks.memory_probe --ops bcast_add_channel,transpose,...
+        RSS kept per op by a chain of 100 identical ops on a [50, 64, 16, 16] tensor
+    python -m benchmarks.memory_probe --census FILE.mindir
+        op counts and output sizes of a MindIR, broadcasting elementwise ops counted apart
+Results and conclusions: benchmarks/NOTES.md, "Where the memory goes (issue 15)".
 """
 from __future__ import annotations
 
@@ -243,6 +251,110 @@ def export_child(export_dir: Path, backend_name: str = "mindspore", order: str =
             "weight_mb": round(weights / 2 ** 20)}
 
 
+OP_SHAPE = (50, 64, 16, 16)  # the tiny SVD-XT UNet's level-1 activations with the CFG batch: 3.1 MB fp32
+OPS = ("add", "mul", "erf", "softmax", "silu", "conv", "matmul_4d", "matmul_2d", "transpose", "bias_add",
+       "broadcast_to_add", "bcast_add_channel", "bcast_mul_channel", "bcast_add_lastdim", "bcast_sub_mean")
+
+
+ops = None  # mindspore.ops, set by op_child: GRAPH_MODE takes no import statement inside _apply
+
+
+def _apply(kind, x, w, m, b):
+    """One op of a per-op chain (``kind`` is a construction-time constant); x: [50, 64, 16, 16]."""
+    if kind == "add":
+        return x + 1.0
+    if kind == "mul":
+        return x * 0.99
+    if kind == "erf":
+        return ops.erf(x)
+    if kind == "softmax":
+        return ops.softmax(x, -1)
+    if kind == "silu":
+        return ops.silu(x)
+    if kind == "conv":
+        return ops.conv2d(x, w, padding=1, pad_mode="pad")
+    if kind == "matmul_4d":
+        return ops.matmul(x, m)
+    if kind == "matmul_2d":
+        return ops.matmul(x.reshape(-1, 16), m).reshape(x.shape)
+    if kind == "transpose":
+        return ops.transpose(x, (0, 1, 3, 2))
+    if kind == "bias_add":
+        return ops.bias_add(x, b.reshape(-1))
+    if kind == "broadcast_to_add":
+        return x + ops.broadcast_to(b, x.shape)
+    if kind == "bcast_add_channel":
+        return x + b
+    if kind == "bcast_mul_channel":
+        return x * b
+    if kind == "bcast_add_lastdim":
+        return x + m[0]
+    return x - x.mean(-1, keep_dims=True)  # bcast_sub_mean
+
+
+def op_child(kind: str, n: int = 100) -> dict:
+    """RSS kept after the first call of a chain of ``n`` identical ops on an OP_SHAPE tensor."""
+    global ops
+    import mindspore as ms
+    from mindspore import nn
+    from mindspore import ops as ms_ops
+
+    ops = ms_ops
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    rng = np.random.default_rng(0)
+
+    class Chain(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.w = ms.Parameter(ms.Tensor(rng.standard_normal((64, 64, 3, 3)).astype(np.float32) * 0.01), name="w")
+            self.m = ms.Parameter(ms.Tensor(rng.standard_normal((16, 16)).astype(np.float32) * 0.1), name="m")
+            self.b = ms.Parameter(ms.Tensor(rng.standard_normal((64, 1, 1)).astype(np.float32)), name="b")
+
+        def construct(self, x):
+            for _ in range(n):
+                x = _apply(kind, x, self.w, self.m, self.b)
+            return x
+
+    net = Chain()
+    x = ms.Tensor(rng.standard_normal(OP_SHAPE).astype(np.float32))
+    gc.collect()
+    before = rss_mb()[0]
+    net(x).asnumpy()
+    gc.collect()
+    kept = rss_mb()[0] - before
+    out_mb = np.prod(OP_SHAPE) * 4 / 2 ** 20
+    return {"op": kind, "n": n, "kept_mb": round(kept, 1), "per_op_mb": round(kept / n, 2),
+            "per_output_byte": round(kept / n / out_mb, 2)}
+
+
+def census(path: Path) -> list:
+    """Op counts and output elements of a MindIR graph, with Add/Sub/Mul/RealDiv/Div split into those that
+    broadcast a non-scalar input and those that do not (the node output shapes are stored in the file)."""
+    from mindspore.train import mind_ir_pb2
+
+    model = mind_ir_pb2.ModelProto()
+    model.ParseFromString(Path(path).read_bytes())
+    graph = model.graph
+    shapes = {p.name: tuple(p.dims) for p in graph.parameter}
+    shapes.update({i.name: tuple(i.tensor[0].dims) for i in graph.input if i.tensor})
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.name == "shape" and len(attr.tensors) == 1 and node.output:
+                shapes[node.output[0]] = tuple(attr.tensors[0].dims)
+    stats = {}
+    for node in graph.node:
+        if not node.op_type.startswith("REF::") or not node.output or node.output[0] not in shapes:
+            continue
+        op = node.op_type[5:].rsplit(":", 1)[0]
+        out = shapes[node.output[0]]
+        if op in ("Add", "Sub", "Mul", "RealDiv", "Div"):
+            ins = [shapes[i] for i in node.input if i in shapes]
+            op += " (broadcast)" if any(s != out and np.prod(s or (1,)) > 1 for s in ins) else " (same/scalar)"
+        count, elems = stats.get(op, (0, 0))
+        stats[op] = (count + 1, elems + int(np.prod(out or (1,))))
+    return sorted(((op, c, e) for op, (c, e) in stats.items()), key=lambda t: -t[2])
+
+
 def run_child(variant, args) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.memory_probe", "--child", variant, "--work", str(args.work.parent),
            "--kind", args.kind, "--mb", str(args.mb), "--size", args.size]
@@ -277,6 +389,8 @@ def main(argv=None):
     parser.add_argument("--export", type=Path, help="measure this export folder's graphs instead")
     parser.add_argument("--backend", default="mindspore")
     parser.add_argument("--order", choices=("load_all", "one_by_one"), default="load_all")
+    parser.add_argument("--ops", help=f"per-op chains instead, comma-separated from {', '.join(OPS)}")
+    parser.add_argument("--census", type=Path, help="print the op census of this MindIR file")
     parser.add_argument("--graphs", help="only these graphs of the export (comma-separated)")
     parser.add_argument("--context", help="JSON keyword arguments for ms.set_context in the measured process")
     parser.add_argument("--memory", help="JSON keyword arguments for ms.runtime.set_memory")
@@ -286,6 +400,20 @@ def main(argv=None):
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.census:
+        for op, count, elems in census(args.census)[:25]:
+            print(f"{op:24s} nodes={count:5d}  output elements={elems / 1e6:8.1f} M  ({elems * 4 / 2 ** 20:7.1f} MB fp32)")
+        return
+    if args.ops:
+        for kind in args.ops.split(","):
+            if args.child:
+                print(json.dumps(op_child(kind)), flush=True)
+                return
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.memory_probe", "--ops", kind, "--child", "op"],
+                                  capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            print(lines[-1] if lines else f"{kind}: FAILED {proc.stderr.strip().splitlines()[-1:]}", flush=True)
+        return
     if args.export:
         if args.child:
             print(json.dumps(export_child(args.export.resolve(), args.backend, args.order,
