@@ -29,26 +29,13 @@ from video_aot.models.cogvideox_vae import (
     NUM_LATENT_FRAMES_BATCH_SIZE, NUM_SAMPLE_FRAMES_BATCH_SIZE, AutoencoderKLCogVideoXConfig, decoder_cache_specs,
     downsampled_frames, encoder_cache_specs, frame_batches, upsampled_frames,
 )
-from video_aot.models.loading import LoadError, config_from_dict, load_network, read_json
+from video_aot.models.loading import config_from_dict
 
-from video_aot.runtime.manifest import sha256_file
-
-from .graphs import GraphSpec, TensorSpec, relax_tolerance
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model",
-                   "added_tokens.json")
+from .components import Components
+from .graphs import GraphSpec, TensorSpec, check_pixel_size, guided, relax_tolerance, t5_text_encoder
 
 
 # ----------------------------------------------------------------------------- wrapper cells
-class TextEncode(nn.Cell):
-    def __init__(self, encoder):
-        super().__init__()
-        self.encoder = encoder
-
-    def construct(self, input_ids):
-        return self.encoder(input_ids)
-
-
 class TransformerStep(nn.Cell):
     """One CFG-folded step: [uncond, cond] as a batch of 2B, guidance combined in the graph."""
 
@@ -65,8 +52,7 @@ class TransformerStep(nn.Cell):
         b = x.shape[0] // 2
         t = ops.broadcast_to(timestep, (2 * b,))
         noise = self.transformer(x, encoder_hidden_states, t, self.ofs, self.cos, self.sin)
-        uncond, text = noise[:b], noise[b:]
-        return uncond + guidance_scale * (text - uncond)
+        return guided(noise, b, guidance_scale)
 
     def construct(self, sample, encoder_hidden_states, timestep, guidance_scale):
         return self.denoise(ops.cat((sample, sample), 0), encoder_hidden_states, timestep, guidance_scale)
@@ -202,22 +188,20 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     ``tiling`` adds the decoder (and, where the export encodes, encoder) graphs of diffusers' spatial
     tiles (``vae.enable_tiling()`` with its default tile sizes and overlaps), one pair per distinct
     tile shape; the runtime's ``enable_tiling()`` then codes tile by tile and blends as diffusers does."""
-    index = read_json(snapshot / "model_index.json")
-    pipeline = index["_class_name"]
+    comps = Components(snapshot, weights, variant, dtype)
+    pipeline = comps.index()["_class_name"]
     if decode_chunk_size is not None:
         raise ValueError("CogVideoX decodes in diffusers' fixed latent-frame batches (2 latent frames, the first "
                          "taking the remainder); --decode-chunk-size does not apply to this family")
-    raw = {name: read_json(snapshot / name / "config.json") for name in ("transformer", "vae", "text_encoder")}
-    scheduler = read_json(snapshot / "scheduler" / "scheduler_config.json")
+    raw = {name: comps.config(name) for name in ("transformer", "vae", "text_encoder")}
+    scheduler = comps.scheduler()
     tcfg = config_from_dict(CogVideoXTransformerConfig, raw["transformer"], "transformer/config.json")
     vcfg = config_from_dict(AutoencoderKLCogVideoXConfig, raw["vae"], "vae/config.json")
     text_dim = raw["text_encoder"].get("d_model", 512)
     if frames < 1 or batch < 1:
         raise ValueError(f"frames ({frames}) and batch ({batch}) must be positive")
     scale = vcfg.spatial_scale
-    if height % 8 or width % 8 or height % scale or width % scale:
-        raise ValueError(f"`height` and `width` have to be divisible by 8 (and by the VAE factor {scale}) "
-                         f"but are {height} and {width}.")
+    check_pixel_size(height, width, scale)
     h, w = height // scale, width // scale
     if h % tcfg.patch_size or w % tcfg.patch_size:
         raise ValueError(f"latent size {h}x{w} ({height}x{width} pixels) is not a multiple of the transformer's "
@@ -250,33 +234,6 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
                              f"batches, but the pipeline's noise has {model_frames}; diffusers fails on this frame "
                              "count too.")
 
-    # tokenizer: copied into the export so that it is self-contained
-    tok_dir = None
-    for folder in (weights, snapshot):
-        if folder is not None and ((Path(folder) / "tokenizer" / "tokenizer.json").is_file()
-                                   or (Path(folder) / "tokenizer" / "spiece.model").is_file()):
-            tok_dir = Path(folder) / "tokenizer"
-            break
-    if tok_dir is None and weights is not None:
-        raise LoadError(f"{weights}: the snapshot has no usable tokenizer/ folder (tokenizer.json or spiece.model); "
-                        "the export copies it so prompts can be tokenized. Download the tokenizer files too, or "
-                        "export with --random-weights and pass prompt_embeds at run time.")
-    assets, tokenizer = {}, None
-    if tok_dir is not None:
-        files = {}
-        for name in TOKENIZER_FILES:
-            if (tok_dir / name).is_file():
-                assets[f"tokenizer/{name}"] = str(tok_dir / name)
-                files[name] = sha256_file(tok_dir / name)
-        tokenizer = {"folder": "tokenizer", "files": files}
-
-    def component(name):
-        return (weights / name) if weights is not None else (snapshot / name)
-
-    def load(name, **kwargs):
-        cell, _ = load_network(component(name), variant=variant, dtype=dtype, random_weights=weights is None, **kwargs)
-        return cell
-
     rotary = None
     if tcfg.use_rotary_positional_embeddings:
         rotary = rotary_positional_embeddings(tcfg, model_frames, h, w)
@@ -286,7 +243,7 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
                          f"pipeline is {pipeline}; only CogVideoXImageToVideoPipeline feeds the ofs embedding")
 
     def transformer_step():
-        net = load("transformer", latent_frames=model_frames, latent_height=h, latent_width=w)
+        net = comps.load("transformer", latent_frames=model_frames, latent_height=h, latent_width=w)
         return TransformerStepI2V(net, rotary, ofs) if i2v else TransformerStep(net, rotary, ofs)
 
     out_channels = tcfg.output_channels
@@ -295,11 +252,10 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
         step_inputs.append(TensorSpec("image_latents", (batch, model_frames, latent, h, w)))
     step_inputs += [TensorSpec("encoder_hidden_states", (2 * batch, max_length, text_dim)),
                     TensorSpec("timestep", (1,)), TensorSpec("guidance_scale", (1,))]
+    # the text encoder graph; its tokenizer is copied into the export so that it is self-contained
+    text_graph, text_fields = t5_text_encoder(comps, batch, max_length, text_dim)
     graphs = [
-        (GraphSpec("text_encoder", (TensorSpec("input_ids", (batch, max_length), "int32"),),
-                   (TensorSpec("prompt_embeds", (batch, max_length, text_dim)),),
-                   dummy_overrides={"input_ids": np.zeros((batch, max_length), np.int32)}),
-         lambda: TextEncode(load("text_encoder", max_positions=max(512, max_length)))),
+        text_graph,
         (GraphSpec("transformer", tuple(step_inputs),
                    (TensorSpec("noise_pred", (batch, model_frames, out_channels, h, w)),),
                    dummy_overrides={"timestep": [500.0], "guidance_scale": [6.0]}),
@@ -309,39 +265,30 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     # VAE decoder: diffusers' latent-frame batches; first graph without cache inputs
     scaling = float(vcfg.scaling_factor)
     dec_batches = _batches_spec(decode_frames, NUM_LATENT_FRAMES_BATCH_SIZE, lambda n: upsampled_frames(n, levels))
-    dec_caches = [TensorSpec(f"cache.{name}", shape) for name, shape in decoder_cache_specs(vcfg, batch, h, w)]
-    first = dec_batches[0]
     more = len(dec_batches) > 1
-    outs = (TensorSpec("frames", (batch, 3, first["out"], height, width)),)
-    graphs.append((GraphSpec("vae_decoder_first", (TensorSpec("latents", (batch, latent, first["end"], h, w)),),
-                             outs + (tuple(dec_caches) if more else ())),
-                   lambda more=more: VaeDecodeFirst(load("vae"), scaling, more)))
-    if more:
-        n = NUM_LATENT_FRAMES_BATCH_SIZE
-        graphs.append((GraphSpec("vae_decoder", (TensorSpec("latents", (batch, latent, n, h, w)),) + tuple(dec_caches),
-                                 (TensorSpec("frames", (batch, 3, upsampled_frames(n, levels), height, width)),)
-                                 + tuple(dec_caches)),
-                       lambda: VaeDecodeNext(load("vae"), scaling)))
 
+    def decoder_graphs(name, th, tw):
+        """The first-batch graph (no cache inputs) and, when there are more batches, the graph that
+        takes one 2-latent-frame batch plus the caches, for th x tw latents."""
+        caches = tuple(TensorSpec(f"cache.{c}", shape) for c, shape in decoder_cache_specs(vcfg, batch, th, tw))
+        first = dec_batches[0]
+        graphs.append((GraphSpec(f"{name}_first", (TensorSpec("latents", (batch, latent, first["end"], th, tw)),),
+                                 (TensorSpec("frames", (batch, 3, first["out"], th * scale, tw * scale)),)
+                                 + (caches if more else ())),
+                       lambda more=more: VaeDecodeFirst(comps.load("vae"), scaling, more)))
+        if more:
+            n = NUM_LATENT_FRAMES_BATCH_SIZE
+            graphs.append((GraphSpec(name, (TensorSpec("latents", (batch, latent, n, th, tw)),) + caches,
+                                     (TensorSpec("frames", (batch, 3, upsampled_frames(n, levels), th * scale,
+                                                            tw * scale)),) + caches),
+                           lambda: VaeDecodeNext(comps.load("vae"), scaling)))
+
+    decoder_graphs("vae_decoder", h, w)
     tiles = None
     if tiling:
         tiles = tile_grid(vcfg, h, w, "decode")
-        n = NUM_LATENT_FRAMES_BATCH_SIZE
         for th, tw in sorted({(t["h"], t["w"]) for t in tiles["tiles"]}):
-            tile_caches = tuple(TensorSpec(f"cache.{name}", shape)
-                                for name, shape in decoder_cache_specs(vcfg, batch, th, tw))
-            first = dec_batches[0]
-            graphs.append((GraphSpec(f"vae_decoder_tile_{th}x{tw}_first",
-                                     (TensorSpec("latents", (batch, latent, first["end"], th, tw)),),
-                                     (TensorSpec("frames", (batch, 3, first["out"], th * scale, tw * scale)),)
-                                     + (tile_caches if more else ())),
-                           lambda more=more: VaeDecodeFirst(load("vae"), scaling, more)))
-            if more:
-                graphs.append((GraphSpec(f"vae_decoder_tile_{th}x{tw}",
-                                         (TensorSpec("latents", (batch, latent, n, th, tw)),) + tile_caches,
-                                         (TensorSpec("frames", (batch, 3, upsampled_frames(n, levels), th * scale,
-                                                                tw * scale)),) + tile_caches),
-                               lambda: VaeDecodeNext(load("vae"), scaling)))
+            decoder_graphs(f"vae_decoder_tile_{th}x{tw}", th, tw)
 
     enc_batches = enc_tiles = None
     if with_encoder:
@@ -358,13 +305,13 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
             graphs.append((GraphSpec(f"{name}_first", (TensorSpec("video", (batch, 3, first["end"], th, tw)),),
                                      (TensorSpec("moments", (batch, 2 * latent, first["out"], lh, lw)),)
                                      + (caches if more else ())),
-                           lambda more=more: VaeEncodeFirst(load("vae"), more)))
+                           lambda more=more: VaeEncodeFirst(comps.load("vae"), more)))
             if more:
                 n = NUM_SAMPLE_FRAMES_BATCH_SIZE
                 graphs.append((GraphSpec(name, (TensorSpec("video", (batch, 3, n, th, tw)),) + caches,
                                          (TensorSpec("moments", (batch, 2 * latent, downsampled_frames(n, levels),
                                                                  lh, lw)),) + caches),
-                               lambda: VaeEncodeNext(load("vae"))))
+                               lambda: VaeEncodeNext(comps.load("vae"))))
 
         encoder_graphs("vae_encoder", height, width)
         if tiling:
@@ -394,10 +341,8 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
         "encode_batches": enc_batches,
         "video_encoder": video_encoder,
         "max_sequence_length": max_length,
-        "text_encoder": {"hidden_size": text_dim, "max_length": max_length},
         "scheduler": scheduler,
-        "tokenizer": tokenizer,
+        **text_fields,
         "components": raw,
-        "assets": assets,
     }
     return graphs, manifest
