@@ -5,10 +5,10 @@ Graphs (F = video_length, C = latent channels, h/w = latent size, K = VAE decode
 length (77), L = text encoder layers, D = text hidden size = UNet cross_attention_dim):
   text_encoder   input_ids[1,N] int32 (+ attention_mask[1,N] when the config sets use_attention_mask)
                                                    -> prompt_embeds[1,L+1,N,D]
-                 export/t2v.py TextEncode; the pipeline reads index 0 (last_hidden_state).
+                 export/graphs.py ClipTextEncode; the pipeline reads index 0 (last_hidden_state).
   unet_frame     sample[1,C,h,w] timestep[1] encoder_hidden_states[2,N,D] guidance_scale[1]
                                                    -> noise_pred[1,C,h,w]
-                 one step of the first two backward phases (the first frame alone): the
+                 one step of the first two backward phases (the first frame alone, graphs.UNetCFGStep): the
                  classifier-free-guidance pair runs as one UNet batch of 2 (unconditional first) and is
                  combined inside the graph. diffusers' CrossFrameAttnProcessor groups a batch of 2 into
                  video_length max(1, 2 // 2) = 1, so this is the plain UNet.
@@ -31,30 +31,14 @@ from pathlib import Path
 
 from mindspore import nn, ops
 
-from video_aot.models.loading import read_json
-
 from .components import Components
-from .graphs import GraphSpec, TensorSpec, VaeDecode, check_decode_chunk_size, relax_tolerance
-from .t2v import TOKENIZER_FILES, TextEncode
-
-TOKENIZER_USABLE = ("tokenizer.json", ("vocab.json", "merges.txt"))
+from .graphs import (
+    GraphSpec, TensorSpec, UNetCFGStep, check_cross_attention, check_decode_chunk_size, check_pixel_size,
+    check_unet_channels, clip_text_encoder, guided, relax_tolerance, vae_decoder_graphs,
+)
 
 
 # ----------------------------------------------------------------------------- wrapper cells
-class FrameStep(nn.Cell):
-    """The first phases: one latent frame, CFG pair as a UNet batch of 2."""
-
-    def __init__(self, unet):
-        super().__init__()
-        self.unet = unet
-
-    def construct(self, sample, timestep, encoder_hidden_states, guidance_scale):
-        # sample: [1, C, h, w] (scaled by the scheduler); encoder_hidden_states: [2, N, D] (uncond first)
-        noise = self.unet(ops.cat((sample, sample), 0), timestep, encoder_hidden_states)  # [2, C, h, w]
-        uncond, text = noise[:1], noise[1:]
-        return uncond + guidance_scale * (text - uncond)
-
-
 class VideoStep(nn.Cell):
     """The last phase: F frames, CFG pair as a UNet batch of 2F with cross-frame attention."""
 
@@ -69,8 +53,7 @@ class VideoStep(nn.Cell):
         _, n, d = encoder_hidden_states.shape
         context = ops.broadcast_to(encoder_hidden_states[:, None], (2, f, n, d)).reshape(2 * f, n, d)
         noise = self.unet(ops.cat((sample, sample), 0), timestep, context)  # [2F, C, h, w]
-        uncond, text = noise[:f], noise[f:]
-        return uncond + guidance_scale * (text - uncond)
+        return guided(noise, f, guidance_scale)
 
 
 # ----------------------------------------------------------------------------- plan
@@ -82,10 +65,10 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     from video_aot.models.unet2d import cross_frame_video_length
 
     comps = Components(snapshot, weights, variant, dtype)
-    index = read_json(snapshot / "model_index.json")
+    index = comps.index()
     pipeline = index["_class_name"]
     configs = {name: comps.config(name) for name in ("unet", "vae", "text_encoder")}
-    scheduler = read_json(snapshot / "scheduler" / "scheduler_config.json")
+    scheduler = comps.scheduler()
     unet_cfg, vae_cfg, text_cfg = configs["unet"], configs["vae"], configs["text_encoder"]
 
     # request shapes, checked as diffusers' __call__ / check_inputs do
@@ -96,33 +79,18 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     if frames < 1:
         raise ValueError(f"video_length must be positive (diffusers asserts video_length > 0), got {frames}")
     scale = 2 ** (len(vae_cfg.get("block_out_channels", (64,))) - 1)
-    if height % 8 or width % 8 or height % scale or width % scale or height < 8 or width < 8:
-        raise ValueError(f"`height` and `width` have to be divisible by 8 (and by the VAE factor {scale}) "
-                         f"but are {height} and {width}.")
+    check_pixel_size(height, width, scale)
     chunk = check_decode_chunk_size(decode_chunk_size, frames, default=frames)  # diffusers decodes all at once
 
     # component compatibility
     latent = vae_cfg.get("latent_channels", 4)
-    if unet_cfg.get("in_channels", 4) != latent or unet_cfg.get("out_channels", 4) != latent:
-        raise ValueError(f"unet in/out channels ({unet_cfg.get('in_channels')}, {unet_cfg.get('out_channels')}) "
-                         f"must equal the VAE latent_channels {latent}")
-    cross = unet_cfg.get("cross_attention_dim", 1280)
+    check_unet_channels(unet_cfg, latent)
     hidden = text_cfg.get("hidden_size", 512)
-    if cross != hidden:
-        raise ValueError(f"unet cross_attention_dim {cross} must equal the text encoder hidden_size {hidden}")
-    num_layers = text_cfg.get("num_hidden_layers", 12)
-    use_mask = bool(text_cfg.get("use_attention_mask", False))
+    check_cross_attention(unet_cfg, hidden, default=1280)
 
-    # tokenizer: copied into the export so that it is self-contained
-    tok_dir, assets, tokenizer = comps.tokenizer(TOKENIZER_FILES, TOKENIZER_USABLE, required="tokenizer" in index)
-    max_length = text_cfg.get("max_position_embeddings", 77)
-    if tokenizer is not None:
-        tok_cfg = read_json(tok_dir / "tokenizer_config.json") if (tok_dir / "tokenizer_config.json").is_file() else {}
-        max_length = int(tok_cfg.get("model_max_length", max_length))
-        tokenizer["model_max_length"] = max_length
-    if max_length > text_cfg.get("max_position_embeddings", 77):
-        raise ValueError(f"tokenizer model_max_length {max_length} exceeds the text encoder's "
-                         f"max_position_embeddings {text_cfg.get('max_position_embeddings')}")
+    # the text encoder graph; its tokenizer is copied into the export so that it is self-contained
+    text_graph, text_fields = clip_text_encoder(comps, 1, required="tokenizer" in index)
+    max_length = text_fields["text_encoder"]["max_length"]
 
     h, w = height // scale, width // scale
     scaling = float(vae_cfg.get("scaling_factor", 0.18215))
@@ -137,27 +105,13 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
         ), (TensorSpec("noise_pred", (n, latent, h, w)),),
             dummy_overrides={"timestep": [500.0], "guidance_scale": [7.5]})
 
-    text_inputs = [TensorSpec("input_ids", (1, max_length), "int32")]
-    if use_mask:
-        text_inputs.append(TensorSpec("attention_mask", (1, max_length), "int32"))
     graphs = [
-        (GraphSpec("text_encoder", tuple(text_inputs),
-                   (TensorSpec("prompt_embeds", (1, num_layers + 1, max_length, hidden)),),
-                   dummy_overrides={"attention_mask": [[1] * max_length]}),
-         lambda: TextEncode(comps.load("text_encoder"), use_mask)),
-        (step_specs("unet_frame", 1), lambda: FrameStep(comps.load("unet"))),
+        text_graph,
+        (step_specs("unet_frame", 1), lambda: UNetCFGStep(comps.load("unet"))),
         (step_specs("unet_video", frames),
          lambda: VideoStep(comps.load("unet", cross_frame_attention_frames=video_frames), frames)),
     ]
-
-    def decoder(name, k):
-        return (GraphSpec(name, (TensorSpec("latents", (k, latent, h, w)),),
-                          (TensorSpec("frames", (k, 3, height, width)),)),
-                lambda: VaeDecode(comps.load("vae"), scaling))
-
-    graphs.append(decoder("vae_decoder", chunk))
-    if frames % chunk:
-        graphs.append(decoder("vae_decoder_tail", frames % chunk))
+    graphs += vae_decoder_graphs(comps, chunk, frames, (latent, h, w), (height, width), scaling)
     relax_tolerance(graphs, dtype)
 
     manifest = {
@@ -170,11 +124,8 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
         "vae_scale_factor": scale,
         "vae_scaling_factor": scaling,
         "scheduler": scheduler,
-        "text_encoder": {"num_hidden_layers": num_layers, "hidden_size": hidden, "max_length": max_length,
-                         "use_attention_mask": use_mask},
-        "tokenizer": tokenizer,
+        **text_fields,
         "components": configs,
-        "assets": assets,
     }
     return graphs, manifest
 
