@@ -34,29 +34,18 @@ from pathlib import Path
 import numpy as np
 from mindspore import nn, ops
 
-from video_aot.models.loading import config_from_dict, read_json
+from video_aot.models.loading import config_from_dict
 from video_aot.models.ltx import LTXVideoTransformerConfig
 from video_aot.models.ltx_vae import AutoencoderKLLTXVideoConfig, decode_input_specs
 
 from .components import Components
-from .graphs import GraphSpec, TensorSpec, relax_tolerance
+from .graphs import GraphSpec, TensorSpec, guided, relax_tolerance, t5_text_encoder
 
 PIPELINES = ("LTXPipeline", "LTXImageToVideoPipeline")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model",
-                   "added_tokens.json")
 MAX_SEQUENCE_LENGTH = 128  # diffusers' LTX pipelines' default
 
 
 # ----------------------------------------------------------------------------- wrapper cells
-class TextEncode(nn.Cell):
-    def __init__(self, encoder):
-        super().__init__()
-        self.encoder = encoder
-
-    def construct(self, input_ids):
-        return self.encoder(input_ids)
-
-
 class TransformerStep(nn.Cell):
     """One CFG-folded step: [negative; prompt] as a batch of 2B, guidance combined in the graph.
     ``per_token``: the timestep is [B, S] (image-to-video) instead of one value."""
@@ -76,8 +65,7 @@ class TransformerStep(nn.Cell):
         else:
             t = ops.broadcast_to(timestep, (2 * b,))
         noise = self.transformer(x, encoder_hidden_states, t, encoder_attention_mask, rope_cos, rope_sin)
-        uncond, text = noise[:b], noise[b:]
-        return uncond + guidance_scale * (text - uncond), text
+        return guided(noise, b, guidance_scale), noise[b:]
 
 
 class VaeDecode(nn.Cell):
@@ -163,8 +151,7 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     Lightricks/LTX-Video snapshot names LTXPipeline, so pass image_to_video=True for I2V). An
     image-to-video export serves text-to-video too (every token at the step's timestep)."""
     comp = Components(Path(snapshot), None if weights is None else Path(weights), variant, dtype)
-    index = read_json(Path(snapshot) / "model_index.json")
-    pipeline = index["_class_name"]
+    pipeline = comp.index()["_class_name"]
     if pipeline not in PIPELINES:
         raise ValueError(f"{snapshot}: model_index.json names {pipeline}; the ltx family exports {PIPELINES}")
     if decode_chunk_size is not None:
@@ -175,7 +162,7 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     if max_length < 1:
         raise ValueError(f"max_sequence_length must be positive, got {max_length}")
     raw = {name: comp.config(name) for name in ("transformer", "vae", "text_encoder")}
-    scheduler = read_json(Path(snapshot) / "scheduler" / "scheduler_config.json")
+    scheduler = comp.scheduler()
     tcfg = config_from_dict(LTXVideoTransformerConfig, raw["transformer"], "transformer/config.json")
     vcfg = config_from_dict(AutoencoderKLLTXVideoConfig, raw["vae"], "vae/config.json")
     text_dim = raw["text_encoder"].get("d_model", 4096)
@@ -194,7 +181,8 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     inner = tcfg.inner_dim
     out_frames = decoded_frames(vcfg, f)
 
-    folder, assets, tokenizer = comp.tokenizer(TOKENIZER_FILES, ("tokenizer.json", "spiece.model"))
+    # the text encoder graph; its tokenizer is copied into the export so that it is self-contained
+    text_graph, text_fields = t5_text_encoder(comp, batch, max_length, text_dim)
 
     step_inputs = (TensorSpec("hidden_states", (batch, seq, packed)),
                    TensorSpec("encoder_hidden_states", (2 * batch, max_length, text_dim)),
@@ -204,10 +192,7 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
                    TensorSpec("guidance_scale", (1,)))
     out = TensorSpec("noise_pred", (batch, seq, tcfg.output_channels))
     graphs = [
-        (GraphSpec("text_encoder", (TensorSpec("input_ids", (batch, max_length), "int32"),),
-                   (TensorSpec("prompt_embeds", (batch, max_length, text_dim)),),
-                   dummy_overrides={"input_ids": np.zeros((batch, max_length), np.int32)}),
-         lambda: TextEncode(comp.load("text_encoder", max_positions=max(512, max_length)))),
+        text_graph,
         (GraphSpec("transformer", step_inputs, (out, TensorSpec("noise_pred_text", out.shape)),
                    dummy_overrides={"timestep": np.full((batch, seq) if i2v else (1,), 500.0),
                                     "encoder_attention_mask": np.ones((2 * batch, max_length)),
@@ -246,11 +231,9 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
         "vae_timestep_conditioning": conditioned,
         "decoder_noise": [{"name": s.name, "shape": list(s.shape)} for s in dec_inputs
                           if s.name not in ("latents", "timestep", "decode_noise_scale", "decode_noise")],
-        "text_encoder": {"hidden_size": text_dim, "max_length": max_length},
         "scheduler": scheduler,
-        "tokenizer": tokenizer,
+        **text_fields,
         "components": raw,
-        "assets": assets,
     }
     return graphs, manifest
 
