@@ -32,7 +32,8 @@ from .loading import (
     LoadError, component_class, config_from_dict, load_state_dict, read_json, read_weights, register, set_dtype,
 )
 from .unet2d import (
-    UNet2DBody, UNet2DConditionConfig, UNetLayout, _per_block, batch_to_frames, frames_to_batch, repeat_per_frame,
+    UNet2DBody, UNet2DConditionConfig, UNetLayout, _per_block, batch_to_frames, check_block_types, frames_to_batch,
+    repeat_per_frame,
 )
 from .unet3d import TransformerTemporalModel
 
@@ -40,11 +41,7 @@ from .unet3d import TransformerTemporalModel
 # ============================================================================= configs
 def _per_layer(value, n: int, name: str) -> tuple:
     """One block's per-layer value: an int for every layer, or a tuple of one int per layer."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != n or any(isinstance(v, (tuple, list)) for v in value):
-            raise ValueError(f"{name} {tuple(value)} must be an int or {n} ints (one per layer)")
-        return tuple(value)
-    return (value,) * n
+    return _per_block(value, n, name, "layers")
 
 
 @dataclass(frozen=True)
@@ -95,15 +92,7 @@ class UNetMotionConfig:
 
     def __post_init__(self):
         n = len(self.down_block_types)
-        if len(self.up_block_types) != n or len(self.block_out_channels) != n:
-            raise ValueError(f"down_block_types {self.down_block_types}, up_block_types {self.up_block_types} and "
-                             f"block_out_channels {self.block_out_channels} must have the same length")
-        for kind in self.down_block_types:
-            if kind not in self.DOWN:
-                raise ValueError(f"down block {kind!r} is not supported; supported: {self.DOWN}")
-        for kind in self.up_block_types:
-            if kind not in self.UP:
-                raise ValueError(f"up block {kind!r} is not supported; supported: {self.UP}")
+        check_block_types(self)
         for name, value in self.FIXED.items():
             if getattr(self, name) != value:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported; supported: {value!r} "

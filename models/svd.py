@@ -17,22 +17,14 @@ from .layers import (
     ResnetBlock2D, ResnetStack, TimestepEmbedding, Timesteps, Upsample2D, silu,
 )
 from .loading import register
-from .unet2d import DownBlock2D, UNet2DBody, UNetMidBlock2DCrossAttn, UpBlock2D, repeat_per_frame, up_resnet_in_channels
+from .unet2d import (
+    DownBlock2D, UNet2DBody, UNetMidBlock2DCrossAttn, UpBlock2D, _per_block, check_block_types, repeat_per_frame,
+    up_resnet_in_channels,
+)
 from .vae import Encoder
 
 
 # ============================================================================= configs
-def _per_block(value, n, name):
-    if isinstance(value, (tuple, list)):
-        if len(value) != n:
-            raise ValueError(f"{name} has {len(value)} entries for {n} blocks")
-        for v in value:
-            if not isinstance(v, int):
-                raise ValueError(f"{name}: nested per-layer values {value!r} are not supported")
-        return tuple(value)
-    return (value,) * n
-
-
 @dataclass(frozen=True)
 class UNetSpatioTemporalConfig:
     sample_size: int | None = None
@@ -60,14 +52,7 @@ class UNetSpatioTemporalConfig:
 
     def __post_init__(self):
         n = len(self.down_block_types)
-        if len(self.up_block_types) != n or len(self.block_out_channels) != n:
-            raise ValueError("down_block_types, up_block_types and block_out_channels must have the same length")
-        for kind in self.down_block_types:
-            if kind not in self.DOWN:
-                raise ValueError(f"down block {kind!r} is not supported; supported: {self.DOWN}")
-        for kind in self.up_block_types:
-            if kind not in self.UP:
-                raise ValueError(f"up block {kind!r} is not supported; supported: {self.UP}")
+        check_block_types(self)
         for name in ("layers_per_block", "cross_attention_dim", "transformer_layers_per_block", "num_attention_heads"):
             _per_block(getattr(self, name), n, name)
         if self.projection_class_embeddings_input_dim != 3 * self.addition_time_embed_dim:

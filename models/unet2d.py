@@ -31,16 +31,35 @@ from .loading import register
 
 
 # ============================================================================= config
-def _per_block(value, n: int, name: str) -> tuple:
-    """An int (or bool) for every block, or a tuple of one per block; nested tuples are refused."""
+def _per_block(value, n: int, name: str, unit: str = "blocks") -> tuple:
+    """An int (or bool) for each of ``n`` blocks (or layers: ``unit``), or a tuple of one each;
+    nested tuples are refused. Shared by the UNet configs (SD, UNet3D, AnimateDiff, SVD)."""
     if isinstance(value, (tuple, list)):
         if len(value) != n:
-            raise ValueError(f"{name} {tuple(value)} has {len(value)} entries for {n} blocks")
+            raise ValueError(f"{name} {tuple(value)} has {len(value)} entries for {n} {unit}")
         for v in value:
             if isinstance(v, (tuple, list)):
                 raise ValueError(f"{name} {tuple(value)}: nested per-layer values are not supported")
         return tuple(value)
     return (value,) * n
+
+
+def check_block_types(config):
+    """What every UNet config checks first, with diffusers' messages: as many up block types and
+    block widths as down block types, each kind one of the config's ``DOWN`` / ``UP``."""
+    n = len(config.down_block_types)
+    if len(config.up_block_types) != n:
+        raise ValueError(f"Must provide the same number of `down_block_types` as `up_block_types`: "
+                         f"{config.down_block_types} vs {config.up_block_types}")
+    if len(config.block_out_channels) != n:
+        raise ValueError(f"Must provide the same number of `block_out_channels` as `down_block_types`: "
+                         f"{config.block_out_channels} vs {config.down_block_types}")
+    for kind in config.down_block_types:
+        if kind not in config.DOWN:
+            raise ValueError(f"down block {kind!r} is not supported; supported: {config.DOWN}")
+    for kind in config.up_block_types:
+        if kind not in config.UP:
+            raise ValueError(f"up block {kind!r} is not supported; supported: {config.UP}")
 
 
 @dataclass(frozen=True)
@@ -112,18 +131,7 @@ class UNet2DConditionConfig:
 
     def __post_init__(self):
         n = len(self.down_block_types)
-        if len(self.up_block_types) != n:
-            raise ValueError(f"Must provide the same number of `down_block_types` as `up_block_types`: "
-                             f"{self.down_block_types} vs {self.up_block_types}")
-        if len(self.block_out_channels) != n:
-            raise ValueError(f"Must provide the same number of `block_out_channels` as `down_block_types`: "
-                             f"{self.block_out_channels} vs {self.down_block_types}")
-        for kind in self.down_block_types:
-            if kind not in self.DOWN:
-                raise ValueError(f"down block {kind!r} is not supported; supported: {self.DOWN}")
-        for kind in self.up_block_types:
-            if kind not in self.UP:
-                raise ValueError(f"up block {kind!r} is not supported; supported: {self.UP}")
+        check_block_types(self)
         if self.mid_block_type not in self.MID:
             raise ValueError(f"mid_block_type {self.mid_block_type!r} is not supported; supported: {self.MID}")
         for name, value in self.FIXED.items():

@@ -19,7 +19,7 @@ from mindspore import nn
 
 from .layers import BasicTransformerBlock, Conv3d, GroupNorm, Identity, Linear, silu
 from .loading import register
-from .unet2d import UNet2DBody, UNetLayout, batch_to_frames, frames_to_batch, repeat_per_frame
+from .unet2d import UNet2DBody, UNetLayout, batch_to_frames, check_block_types, frames_to_batch, repeat_per_frame
 
 
 # ============================================================================= config
@@ -48,19 +48,7 @@ class UNet3DConditionConfig:
     UP = ("CrossAttnUpBlock3D", "UpBlock3D")
 
     def __post_init__(self):
-        n = len(self.down_block_types)
-        if len(self.up_block_types) != n:
-            raise ValueError(f"Must provide the same number of `down_block_types` as `up_block_types`: "
-                             f"{self.down_block_types} vs {self.up_block_types}")
-        if len(self.block_out_channels) != n:
-            raise ValueError(f"Must provide the same number of `block_out_channels` as `down_block_types`: "
-                             f"{self.block_out_channels} vs {self.down_block_types}")
-        for kind in self.down_block_types:
-            if kind not in self.DOWN:
-                raise ValueError(f"down block {kind!r} is not supported; supported: {self.DOWN}")
-        for kind in self.up_block_types:
-            if kind not in self.UP:
-                raise ValueError(f"up block {kind!r} is not supported; supported: {self.UP}")
+        check_block_types(self)
         if self.num_attention_heads is not None:
             raise ValueError("num_attention_heads must be null: UNet3DConditionModel reads the head count from "
                              "attention_head_dim (diffusers raises NotImplementedError for it too)")
