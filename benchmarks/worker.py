@@ -243,6 +243,17 @@ def _hook(obj, method: str, recorder: StageRecorder, stage: str):
     setattr(obj, method, timed)
 
 
+def _components_without_weights(snapshot: Path) -> dict:
+    """name -> None for model_index components whose folder holds a config but no weights (e.g. the
+    generated AnimateDiff snapshots keep the preset's motion_adapter/config.json while the motion modules
+    live in unet/): diffusers would fail to load them; the pipelines take them as optional."""
+    index = json.loads((snapshot / "model_index.json").read_text())
+    weights = ("*.safetensors", "*.bin", "*.ckpt")
+    return {name: None for name, value in index.items()
+            if isinstance(value, list) and (snapshot / name / "config.json").is_file()
+            and not any(any((snapshot / name).glob(w)) for w in weights)}
+
+
 def _transformers_compat(pipe):
     """diffusers 0.42's clip_skip paths (e.g. I2VGen-XL's encode_prompt, default clip_skip=1) read
     ``text_encoder.text_model.final_layer_norm``; transformers 5's CLIPTextModel holds
@@ -266,7 +277,8 @@ def run_torch(config: dict) -> dict:
     torch.set_grad_enabled(False)
     recorder = _new_recorder()
     start = time.perf_counter()
-    pipe = DiffusionPipeline.from_pretrained(source["weights"], torch_dtype=torch.float32)
+    pipe = DiffusionPipeline.from_pretrained(source["weights"], torch_dtype=torch.float32,
+                                             **_components_without_weights(Path(source["weights"])))
     pipe.to("cpu")
     _transformers_compat(pipe)
     loaded = time.perf_counter()

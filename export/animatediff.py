@@ -148,6 +148,9 @@ _SEED_DDIM = {"_class_name": "DDIMScheduler", "clip_sample": False, "timestep_sp
               "beta_schedule": "linear", "steps_offset": 1}
 _MOTION_UNET = {"_class_name": "UNetMotionModel", "motion_max_seq_length": 32, "use_motion_mid_block": True,
                 "motion_num_attention_heads": 8}
+# model_index names the unet's class too, so that diffusers' from_pretrained (bench-model's torch baseline)
+# builds a UNetMotionModel rather than the preset's UNet2DConditionModel, which refuses num_attention_heads
+_MOTION_INDEX = {"unet": ["diffusers", "UNetMotionModel"]}
 TINY_MODELS = {
     "tiny-animatediff": {
         "base": "animatediff-v1-5-2",
@@ -163,6 +166,7 @@ TINY_MODELS = {
             "text_encoder/config.json": {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
                                          "num_hidden_layers": 2, "projection_dim": 32},
             "scheduler/scheduler_config.json": _SEED_DDIM,
+            "model_index.json": _MOTION_INDEX,
         },
         "components": ("unet", "vae", "text_encoder"),
         "tokenizer": "generated",
@@ -182,6 +186,7 @@ TINY_MODELS = {
                                  "cross_attention_dim": 768, "num_attention_heads": 8},
             "text_encoder/config.json": {"num_hidden_layers": 4},
             "scheduler/scheduler_config.json": _SEED_DDIM,
+            "model_index.json": _MOTION_INDEX,
         },
         "components": ("unet", "vae", "text_encoder"),
         "tokenizer": "generated",
