@@ -22,16 +22,12 @@ from pathlib import Path
 import numpy as np
 from mindspore import Tensor, nn, ops
 
-from video_aot.models.loading import config_from_dict, read_json
+from video_aot.models.loading import config_from_dict
 from video_aot.models.mochi import MochiTransformerConfig
 from video_aot.models.mochi_vae import AutoencoderKLMochiConfig, decoded_frames
 
 from .components import Components
-from .graphs import GraphSpec, TensorSpec, relax_tolerance
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model",
-                   "added_tokens.json")
-TOKENIZER_USABLE = ("tokenizer.json", "spiece.model")
+from .graphs import GraphSpec, TensorSpec, guided, relax_tolerance, t5_text_encoder
 
 # MochiPipeline's fixed factors (its __init__ hard-codes them rather than reading the configs)
 VAE_SPATIAL_SCALE = 8
@@ -40,18 +36,6 @@ PATCH_SIZE = 2
 
 
 # ----------------------------------------------------------------------------- wrapper cells
-class TextEncode(nn.Cell):
-    """T5 with the tokenizer's attention mask (MochiPipeline passes it to the encoder)."""
-
-    def __init__(self, encoder):
-        super().__init__()
-        self.encoder = encoder
-
-    def construct(self, input_ids, attention_mask):
-        # input_ids, attention_mask: [B, L] -> [B, L, D]
-        return self.encoder(input_ids, attention_mask)
-
-
 class TransformerStep(nn.Cell):
     """One CFG-folded step: [negative, prompt] as a batch of 2B, guidance combined in the graph."""
 
@@ -65,8 +49,7 @@ class TransformerStep(nn.Cell):
         x = ops.cat((sample, sample), 0)
         t = ops.broadcast_to(timestep, (2 * b,))
         noise = self.transformer(x, encoder_hidden_states, t, encoder_attention_mask)  # float32
-        uncond, text = noise[:b], noise[b:]
-        return uncond + guidance_scale * (text - uncond)
+        return guided(noise, b, guidance_scale)
 
 
 class VaeDecode(nn.Cell):
@@ -106,16 +89,16 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     ``force_zeros_for_empty_prompt``: overrides the snapshot's model_index.json value, as
     ``MochiPipeline.from_pretrained(..., force_zeros_for_empty_prompt=True)`` does (genmo's original
     behaviour: an empty prompt gives zero token ids and an all-zero mask)."""
-    index = read_json(snapshot / "model_index.json")
+    parts = Components(snapshot, weights, variant, dtype)
+    index = parts.index()
     pipeline = index["_class_name"]
     if pipeline != "MochiPipeline":
         raise ValueError(f"the mochi export serves MochiPipeline snapshots, not {pipeline}")
     if decode_chunk_size is not None:
         raise ValueError("Mochi decodes the whole latent video in one graph (diffusers' vae.decode without "
                          "framewise decoding); --decode-chunk-size does not apply to this family")
-    parts = Components(snapshot, weights, variant, dtype)
     raw = {name: parts.config(name) for name in ("transformer", "vae", "text_encoder")}
-    scheduler = read_json(snapshot / "scheduler" / "scheduler_config.json")
+    scheduler = parts.scheduler()
     tcfg = config_from_dict(MochiTransformerConfig, raw["transformer"], "transformer/config.json")
     vcfg = config_from_dict(AutoencoderKLMochiConfig, raw["vae"], "vae/config.json")
     text_dim = raw["text_encoder"].get("d_model", 512)
@@ -150,7 +133,8 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     force_zeros = bool(index.get("force_zeros_for_empty_prompt", False)) if force_zeros_for_empty_prompt is None \
         else bool(force_zeros_for_empty_prompt)
 
-    _, assets, tokenizer = parts.tokenizer(TOKENIZER_FILES, TOKENIZER_USABLE)
+    # the text encoder graph; its tokenizer is copied into the export so that it is self-contained
+    text_graph, text_fields = t5_text_encoder(parts, batch, max_length, text_dim, attention_mask=True)
 
     def transformer_step():
         return TransformerStep(parts.load("transformer", latent_frames=f, latent_height=h, latent_width=w))
@@ -158,12 +142,7 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     mask = np.zeros((batch, max_length), np.int32)
     mask[:, : max(1, max_length // 2)] = 1
     graphs = [
-        (GraphSpec("text_encoder",
-                   (TensorSpec("input_ids", (batch, max_length), "int32"),
-                    TensorSpec("attention_mask", (batch, max_length), "int32")),
-                   (TensorSpec("prompt_embeds", (batch, max_length, text_dim)),),
-                   dummy_overrides={"input_ids": np.zeros((batch, max_length), np.int32), "attention_mask": mask}),
-         lambda: TextEncode(parts.load("text_encoder", max_positions=max(512, max_length)))),
+        text_graph,
         (GraphSpec("transformer",
                    (TensorSpec("sample", (batch, latent, f, h, w)),
                     TensorSpec("encoder_hidden_states", (2 * batch, max_length, text_dim)),
@@ -191,11 +170,9 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
         "vae_scale_factor_spatial": VAE_SPATIAL_SCALE,
         "vae_scale_factor_temporal": VAE_TEMPORAL_SCALE,
         "force_zeros_for_empty_prompt": force_zeros,
-        "text_encoder": {"hidden_size": text_dim, "max_length": max_length},
         "scheduler": scheduler,
-        "tokenizer": tokenizer,
+        **text_fields,
         "components": raw,
-        "assets": assets,
     }
     return graphs, manifest
 
