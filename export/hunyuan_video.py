@@ -36,10 +36,10 @@ from video_aot.models.hunyuan_video import HunyuanVideoTransformerConfig, guidan
 from video_aot.models.hunyuan_video_vae import (
     AutoencoderKLHunyuanVideoConfig, TilingConfig, decoded_frames, tile_latent_lengths,
 )
-from video_aot.models.loading import config_from_dict, read_json
+from video_aot.models.loading import config_from_dict
 
 from .components import Components
-from .graphs import GraphSpec, TensorSpec, relax_tolerance
+from .graphs import Encode, GraphSpec, TensorSpec, relax_tolerance
 
 LLAMA_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                          "merges.txt")
@@ -53,16 +53,6 @@ DTYPE_PLAN = {"transformer": "bf16", "text_encoder": "fp16", "text_encoder_2": "
 
 
 # ----------------------------------------------------------------------------- wrapper cells
-class LlamaEncode(nn.Cell):
-    def __init__(self, encoder):
-        super().__init__()
-        self.encoder = encoder
-
-    def construct(self, input_ids, attention_mask):
-        # [B, K+L] -> hidden_states[-3] [B, K+L, D]
-        return self.encoder(input_ids, attention_mask)
-
-
 class ClipPooled(nn.Cell):
     def __init__(self, encoder):
         super().__init__()
@@ -139,16 +129,15 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     DEFAULT_PROMPT_TEMPLATE's); a call's template may crop less, not more.
     ``tiling``: add the decoder graphs of vae.enable_tiling()'s spatial tiles (the runtime's
     ``enable_tiling()`` then decodes tile by tile as diffusers does)."""
-    index = read_json(snapshot / "model_index.json")
-    pipeline = index["_class_name"]
+    parts = Components(snapshot, weights, variant, dtype)
+    pipeline = parts.index()["_class_name"]
     if pipeline != "HunyuanVideoPipeline":
         raise ValueError(f"the hunyuan_video export serves HunyuanVideoPipeline snapshots, not {pipeline}")
     if decode_chunk_size is not None:
         raise ValueError("HunyuanVideo decodes in diffusers' framewise temporal tiles (5 latent frames every 3, "
                          "blended); --decode-chunk-size does not apply to this family")
-    parts = Components(snapshot, weights, variant, dtype)
     raw = {name: parts.config(name) for name in ("transformer", "vae", "text_encoder", "text_encoder_2")}
-    scheduler = read_json(snapshot / "scheduler" / "scheduler_config.json")
+    scheduler = parts.scheduler()
     tcfg = config_from_dict(HunyuanVideoTransformerConfig, raw["transformer"], "transformer/config.json")
     vcfg = config_from_dict(AutoencoderKLHunyuanVideoConfig, raw["vae"], "vae/config.json")
     text_dim = raw["text_encoder"]["hidden_size"]
@@ -207,7 +196,7 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
                     TensorSpec("attention_mask", (batch, llama_length), "int32")),
                    (TensorSpec("hidden_states", (batch, llama_length, text_dim)),),
                    dummy_overrides={"input_ids": np.ones((batch, llama_length), np.int32), "attention_mask": mask}),
-         lambda: LlamaEncode(parts.load("text_encoder", hidden_state_index=-3, max_positions=llama_length))),
+         lambda: Encode(parts.load("text_encoder", hidden_state_index=-3, max_positions=llama_length))),
         (GraphSpec("text_encoder_2", (TensorSpec("input_ids", (batch, CLIP_MAX_LENGTH), "int32"),),
                    (TensorSpec("pooled_projections", (batch, pooled_dim)),)),
          lambda: ClipPooled(parts.load("text_encoder_2"))),
