@@ -496,8 +496,8 @@ class Downsample2D(nn.Cell):
 class ResnetStack(nn.Cell):
     """Resnets in sequence, then at most one resampler, under the checkpoint names ``resnets.N`` and
     ``downsamplers.0`` / ``upsamplers.0``: diffusers' DownEncoderBlock2D / UpDecoderBlock2D and the
-    video VAE blocks of the same shape (SVD's UpBlockTemporalDecoder, HunyuanVideo's and LTX 0.9.5's
-    down / up blocks). The cells come built; each takes and returns x alone."""
+    video VAE blocks of the same shape (SVD's UpBlockTemporalDecoder, LTX 0.9.5's down block). The
+    cells come built; each takes and returns x alone."""
 
     def __init__(self, resnets, downsampler=None, upsampler=None):
         super().__init__()
