@@ -34,9 +34,10 @@ from mindspore import nn, ops
 
 from video_aot.models.hunyuan_video import HunyuanVideoTransformerConfig, guidance_input, rope_cos_sin
 from video_aot.models.hunyuan_video_vae import (
-    AutoencoderKLHunyuanVideoConfig, TilingConfig, decoded_frames, tile_latent_lengths,
+    AutoencoderKLHunyuanVideoConfig, TilingConfig, decoded_frames,
 )
 from video_aot.models.loading import config_from_dict
+from video_aot.runtime.vae import temporal_tile_starts
 
 from .components import Components
 from .graphs import Encode, GraphSpec, TensorSpec, relax_tolerance
@@ -104,7 +105,8 @@ def decoder_tile_shapes(f: int, h: int, w: int, tiling: TilingConfig, spatial: i
                         spatial_tiling: bool) -> list:
     """Every (T, th, tw) latent tile diffusers' vae.decode runs for latents of F x h x w: temporal
     tiles (framewise decoding, always on) and, with ``spatial_tiling``, the spatial tiles of each."""
-    lengths = sorted(set(tile_latent_lengths(f, tiling, temporal)))
+    lengths = sorted({end - start for start, end in temporal_tile_starts(
+        f, tiling.tile_sample_min_num_frames, tiling.tile_sample_stride_num_frames, temporal)})
     big = spatial_tiling and (w > tiling.tile_sample_min_width // spatial
                               or h > tiling.tile_sample_min_height // spatial)
     if big:

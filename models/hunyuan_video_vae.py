@@ -17,14 +17,12 @@ decoding off: ``decoder(post_quant_conv(z))``, z [B, latent_channels, L, h, w] (
 ``scaling_factor``) -> video [B, out_channels, (L - 1) * 4 + 1, 8h, 8w] float32. diffusers decodes
 framewise by default (``use_framewise_decoding``, tiles of ``tile_sample_min_num_frames // 4 + 1``
 = 5 latent frames every 3, blended over 4 pixel frames) and spatially tiled on request; that
-orchestration belongs to the runtime, with :func:`blend_v`, :func:`blend_h`, :func:`blend_t`
-(diffusers' blends, in numpy) and the reference loops :func:`temporal_tiled_decode` and
-:func:`spatial_tiled_decode`, which call one decoded-tile function (the exported graph).
+orchestration belongs to the runtime (``video_aot.runtime.vae.framewise_decode``), which calls one
+decoded-tile function (the exported graph) per tile.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from mindspore import nn, ops
@@ -338,33 +336,7 @@ def build_vae(config: AutoencoderKLHunyuanVideoConfig):
 register("AutoencoderKLHunyuanVideo", AutoencoderKLHunyuanVideoConfig, build_vae)
 
 
-# ============================================================================= tiling (numpy, runtime side)
-def blend_v(a: np.ndarray, b: np.ndarray, blend_extent: int) -> np.ndarray:
-    """diffusers ``blend_v``: the first rows of b fade in from the last rows of a (above). Like
-    diffusers, b is modified in place and returned: the tiling loops rely on it (a tile blended
-    with its upper and left neighbours is what the tiles below and to the right blend with)."""
-    extent = min(a.shape[-2], b.shape[-2], blend_extent)
-    for y in range(extent):
-        b[:, :, :, y, :] = a[:, :, :, -extent + y, :] * (1 - y / extent) + b[:, :, :, y, :] * (y / extent)
-    return b
-
-
-def blend_h(a: np.ndarray, b: np.ndarray, blend_extent: int) -> np.ndarray:
-    """diffusers ``blend_h``: the first columns of b fade in from the last columns of a (left); in place."""
-    extent = min(a.shape[-1], b.shape[-1], blend_extent)
-    for x in range(extent):
-        b[:, :, :, :, x] = a[:, :, :, :, -extent + x] * (1 - x / extent) + b[:, :, :, :, x] * (x / extent)
-    return b
-
-
-def blend_t(a: np.ndarray, b: np.ndarray, blend_extent: int) -> np.ndarray:
-    """diffusers ``blend_t``: the first frames of b fade in from the last frames of a (earlier tile); in place."""
-    extent = min(a.shape[-3], b.shape[-3], blend_extent)
-    for x in range(extent):
-        b[:, :, x, :, :] = a[:, :, -extent + x, :, :] * (1 - x / extent) + b[:, :, x, :, :] * (x / extent)
-    return b
-
-
+# ============================================================================= tiling settings
 @dataclass(frozen=True)
 class TilingConfig:
     """diffusers' tiling settings (sample-space sizes), with its defaults."""
@@ -375,72 +347,3 @@ class TilingConfig:
     tile_sample_stride_height: int = 192
     tile_sample_stride_width: int = 192
     tile_sample_stride_num_frames: int = 12
-
-
-def spatial_tiled_decode(decode: Callable, z: np.ndarray, config: AutoencoderKLHunyuanVideoConfig,
-                         tiling: TilingConfig = TilingConfig()) -> np.ndarray:
-    """diffusers ``tiled_decode``: overlapping spatial latent tiles, each decoded by ``decode``
-    (latent tile -> video tile, e.g. the exported graph), blended and cropped."""
-    s = config.spatial_compression_ratio
-    _, _, _, height, width = z.shape
-    min_h, min_w = tiling.tile_sample_min_height // s, tiling.tile_sample_min_width // s
-    stride_h, stride_w = tiling.tile_sample_stride_height // s, tiling.tile_sample_stride_width // s
-    blend_height = tiling.tile_sample_min_height - tiling.tile_sample_stride_height
-    blend_width = tiling.tile_sample_min_width - tiling.tile_sample_stride_width
-    # writable float32 copies: the blends modify them in place
-    rows = [[np.array(decode(z[:, :, :, i:i + min_h, j:j + min_w]), np.float32) for j in range(0, width, stride_w)]
-            for i in range(0, height, stride_h)]
-    out_rows = []
-    for i, row in enumerate(rows):
-        out_row = []
-        for j, tile in enumerate(row):
-            if i > 0:
-                tile = blend_v(rows[i - 1][j], tile, blend_height)
-            if j > 0:
-                tile = blend_h(row[j - 1], tile, blend_width)
-            out_row.append(tile[:, :, :, :tiling.tile_sample_stride_height, :tiling.tile_sample_stride_width])
-        out_rows.append(np.concatenate(out_row, -1))
-    return np.concatenate(out_rows, 3)[:, :, :, :height * s, :width * s]
-
-
-def temporal_tiled_decode(decode: Callable, z: np.ndarray, config: AutoencoderKLHunyuanVideoConfig,
-                          tiling: TilingConfig = TilingConfig(), use_tiling: bool = False) -> np.ndarray:
-    """diffusers ``_decode`` with framewise decoding (its default): latent tiles of
-    tile_sample_min_num_frames / 4 + 1 frames every tile_sample_stride_num_frames / 4, the first decoded
-    frame of every later tile dropped, consecutive tiles blended over the overlap. ``use_tiling``:
-    each tile is decoded spatially tiled when larger than the spatial tile. With at most
-    tile_sample_min_num_frames / 4 latent frames it is one (optionally spatially tiled) decode."""
-    t = config.temporal_compression_ratio
-    s = config.spatial_compression_ratio
-    _, _, frames, height, width = z.shape
-    min_frames = tiling.tile_sample_min_num_frames // t
-    stride_frames = tiling.tile_sample_stride_num_frames // t
-    big = use_tiling and (width > tiling.tile_sample_min_width // s or height > tiling.tile_sample_min_height // s)
-
-    def one(tile):
-        return spatial_tiled_decode(decode, tile, config, tiling) if big else decode(tile)
-
-    if frames <= min_frames:
-        return one(z)
-    blend_frames = tiling.tile_sample_min_num_frames - tiling.tile_sample_stride_num_frames
-    row = []
-    for i in range(0, frames, stride_frames):
-        decoded = np.array(one(z[:, :, i:i + min_frames + 1]), np.float32)  # writable: blended in place
-        row.append(decoded[:, :, 1:] if i > 0 else decoded)
-    out = []
-    for i, tile in enumerate(row):
-        if i > 0:
-            out.append(blend_t(row[i - 1], tile, blend_frames)[:, :, :tiling.tile_sample_stride_num_frames])
-        else:
-            out.append(tile[:, :, :tiling.tile_sample_stride_num_frames + 1])
-    return np.concatenate(out, 2)[:, :, :decoded_frames(frames, config)]
-
-
-def tile_latent_lengths(latent_frames: int, tiling: TilingConfig = TilingConfig(), temporal_compression_ratio: int = 4) -> list:
-    """The latent frame counts of the tiles :func:`temporal_tiled_decode` decodes (the decoder graphs
-    an export needs, one per distinct length)."""
-    min_frames = tiling.tile_sample_min_num_frames // temporal_compression_ratio
-    stride = tiling.tile_sample_stride_num_frames // temporal_compression_ratio
-    if latent_frames <= min_frames:
-        return [latent_frames]
-    return [len(range(latent_frames)[i:i + min_frames + 1]) for i in range(0, latent_frames, stride)]

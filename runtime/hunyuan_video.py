@@ -41,6 +41,8 @@ from .families import FamilySpec
 from .image import OUTPUT_TYPES, postprocess_video
 from .manifest import ExportInvalid, ShapeMismatch
 from .schedulers import FLOW_MATCH_CLASS_NAMES, make_scheduler
+from .text import check_prompt_or_embeds
+from .vae import framewise_decode
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ _DTYPES = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 
 
 class HunyuanVideoPipeline(ExportedPipeline):
+    scheduler_names = tuple(sorted(FLOW_MATCH_CLASS_NAMES))  # the step graph predicts a flow velocity
     family = "hunyuan_video"
     graph_names = ("text_encoder", "text_encoder_2", "transformer")
     image_inputs = ()
@@ -93,31 +96,14 @@ class HunyuanVideoPipeline(ExportedPipeline):
         self.use_tiling = False
 
     # ------------------------------------------------------------------ requests over a service
-    def request_schema(self) -> dict:
-        schema = super().request_schema()
-        if "scheduler" in schema:
-            schema["scheduler"]["enum"] = sorted(FLOW_MATCH_CLASS_NAMES)
-        return schema
-
     def check_request(self, kwargs: dict):
         if "num_frames" in kwargs:
             self.check_frames(kwargs["num_frames"])
 
     # ------------------------------------------------------------------ checks
     def check_frames(self, num_frames):
-        """Every frame count with the exported latent-frame count ((num_frames - 1) // 4 + 1) is the
-        same static shape (diffusers then decodes (latent frames - 1) * 4 + 1 frames)."""
         m = self.manifest
-        temporal = m["vae_scale_factor_temporal"]
-        self.check_number("num_frames", num_frames, minimum=1, integer=True)
-        got = (int(num_frames) - 1) // temporal + 1
-        if got != m["latent_frames"]:
-            lo = (m["latent_frames"] - 1) * temporal + 1
-            raise ShapeMismatch(
-                f"num_frames={num_frames} gives {got} latent frames, but this export was built for "
-                f"{m['latent_frames']} latent frames (num_frames {lo} to {lo + temporal - 1}); exported shapes: "
-                f"{self.export.describe_shapes()}. Static shapes are fixed at export time: re-export with "
-                f"export-model --frames {num_frames}.")
+        self.check_latent_frames(num_frames, m["latent_frames"], m["vae_scale_factor_temporal"])
 
     def check_inputs(self, prompt, prompt_2, height, width, prompt_embeds=None,
                      callback_on_step_end_tensor_inputs=None, prompt_template=None):
@@ -127,17 +113,10 @@ class HunyuanVideoPipeline(ExportedPipeline):
         self.check_shapes(height=height, width=width)
         if callback_on_step_end_tensor_inputs is not None:
             self.check_callback_inputs(callback_on_step_end_tensor_inputs, CALLBACK_TENSOR_INPUTS)
-        if prompt is not None and prompt_embeds is not None:
-            raise ValueError(f"Cannot forward both `prompt`: {prompt} and `prompt_embeds`. Please make sure to only "
-                             "forward one of the two.")
+        check_prompt_or_embeds(prompt, prompt_embeds)
         if prompt_2 is not None and prompt_embeds is not None:
             raise ValueError(f"Cannot forward both `prompt_2`: {prompt_2} and `prompt_embeds`. Please make sure to "
                              "only forward one of the two.")
-        if prompt is None and prompt_embeds is None:
-            raise ValueError("Provide either `prompt` or `prompt_embeds`. Cannot leave both `prompt` and "
-                             "`prompt_embeds` undefined.")
-        if prompt is not None and not isinstance(prompt, (str, list)):
-            raise ValueError(f"`prompt` has to be of type `str` or `list` but is {type(prompt)}")
         if prompt_2 is not None and not isinstance(prompt_2, (str, list)):
             raise ValueError(f"`prompt_2` has to be of type `str` or `list` but is {type(prompt_2)}")
         if prompt_template is not None:
@@ -285,14 +264,9 @@ class HunyuanVideoPipeline(ExportedPipeline):
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         """latents [B, C, F, h, w] as the sampler leaves them -> frames [B, 3, N, H, W]: divided by the
         scaling factor, then diffusers' framewise tiled decode (spatially tiled after enable_tiling())."""
-        from video_aot.models.hunyuan_video_vae import (
-            AutoencoderKLHunyuanVideoConfig, TilingConfig, temporal_tiled_decode,
-        )
-        from video_aot.models.loading import config_from_dict
-
         m = self.manifest
-        config = config_from_dict(AutoencoderKLHunyuanVideoConfig, m["components"]["vae"])
-        tiling = TilingConfig(**m["vae_tiling"])
+        tiles, spatial = m["vae_tiling"], m["vae_scale_factor_spatial"]
+        temporal = m["components"]["vae"].get("temporal_compression_ratio", 4)
         z = latents.astype(F32) / F32(m["vae_scaling_factor"])
         if self._dtype() != "fp32":
             from video_aot.models.hunyuan_video import round_to_dtype
@@ -309,7 +283,7 @@ class HunyuanVideoPipeline(ExportedPipeline):
             with self.timed("vae_decode"):
                 return self.graphs[by_shape[key]](latents=np.ascontiguousarray(tile, F32))[0]
 
-        return temporal_tiled_decode(decode, z, config, tiling, use_tiling=self.use_tiling)
+        return framewise_decode(z, decode, tiles, spatial, temporal, self.use_tiling)
 
     # ------------------------------------------------------------------ call
     def __call__(self, prompt: str | list[str] | None = None, prompt_2: str | list[str] | None = None,
@@ -391,10 +365,7 @@ class HunyuanVideoPipeline(ExportedPipeline):
 
         # 5. latents: float32 noise [B, C, F, h, w]
         shape = (videos,) + tuple(m["latent_shape"])
-        if latents is None:
-            latents = rng.standard_normal(shape, dtype=F32)
-        else:
-            latents = self.check_latents(latents, shape)
+        latents = self.initial_latents(shape, latents, rng)
 
         # 6. guidance condition: guidance_scale * 1000 in the transformer's dtype
         from video_aot.models.hunyuan_video import guidance_input
@@ -419,15 +390,7 @@ class HunyuanVideoPipeline(ExportedPipeline):
                 noise_pred = neg_noise_pred + F32(true_cfg_scale) * (noise_pred - neg_noise_pred)
             return noise_pred.astype(F32)
 
-        def on_step(i, t, x):
-            if callback_on_step_end is None:
-                return x
-            available = {"latents": x, "prompt_embeds": state["prompt_embeds"]}
-            tensors = {k: available[k] for k in callback_on_step_end_tensor_inputs}
-            out = dict(self.step_callback(callback_on_step_end, i, t, tensors))
-            state["prompt_embeds"] = np.asarray(out.pop("prompt_embeds", state["prompt_embeds"]), F32)
-            return self.check_latents(out.pop("latents", x), x.shape)
-
+        on_step = self.step_hook(callback_on_step_end, callback_on_step_end_tensor_inputs, state)
         latents = self.denoise(sched, plan, latents, predict, generator=rng, on_step=on_step)
 
         # 8. decode

@@ -5,7 +5,9 @@
 - ``run_causal``: a video cut into frame batches; every causal conv's cache comes out of one graph
   call and goes into the next (CogVideoX's VAE, whose graphs hold no state).
 - ``stitch_tiles``: spatial tiling on top of either, blended over the overlaps as diffusers does.
-- ``temporal_tiles``: framewise (temporal) tiling with blending (HunyuanVideo, LTX-Video).
+- ``sample_tiles``: spatial tiling in sample units (HunyuanVideo's and LTX-Video's ``tiled_decode``).
+- ``temporal_tiles``: framewise (temporal) tiling with blending (HunyuanVideo, LTX-Video);
+  ``framewise_decode`` composes it with ``sample_tiles`` as HunyuanVideo's ``_decode`` does.
 
 Every function takes the coder as a plain callable, so a pipeline composes them (spatial tiles of
 causal batches, temporal tiles of spatial tiles, ...) without knowing a graph.
@@ -79,12 +81,32 @@ def stitch_tiles(tiling: dict, code) -> np.ndarray:
     return np.concatenate(result_rows, 3)
 
 
+def sample_tiles(z: np.ndarray, code, tile: tuple, stride: tuple, ratio: int) -> np.ndarray:
+    """diffusers' ``tiled_decode`` of the video VAEs that tile in sample units (HunyuanVideo, LTX-Video):
+    latent tiles of ``tile // ratio`` every ``stride // ratio`` (height, width), each coded by
+    ``code(z_tile)``, blended over ``tile - stride`` pixels, cropped to ``stride`` and stitched, the
+    result cropped to the latents' size times ``ratio``."""
+    height, width = z.shape[-2:]
+    (tile_h, tile_w), (step_h, step_w) = (t // ratio for t in tile), (s // ratio for s in stride)
+    grid = {
+        "rows": len(range(0, height, step_h)), "cols": len(range(0, width, step_w)),
+        "tiles": [(i, j) for i in range(0, height, step_h) for j in range(0, width, step_w)],
+        "blend_extent_height": tile[0] - stride[0], "blend_extent_width": tile[1] - stride[1],
+        "row_limit_height": stride[0], "row_limit_width": stride[1],
+    }
+    out = stitch_tiles(grid, lambda ij: code(np.ascontiguousarray(
+        z[..., ij[0]:ij[0] + tile_h, ij[1]:ij[1] + tile_w])))
+    return out[..., :height * ratio, :width * ratio]
+
+
 def temporal_tile_starts(latent_frames: int, tile_sample_frames: int, stride_sample_frames: int, ratio: int) -> list:
     """(start, end) latent-frame ranges of diffusers' framewise decode: tiles of
     ``tile_sample_frames // ratio + 1`` latent frames every ``stride_sample_frames // ratio``. The
     export needs one decoder graph per distinct tile length."""
     tile = tile_sample_frames // ratio
     stride = stride_sample_frames // ratio
+    if latent_frames <= tile:  # diffusers decodes these in one call (the tiled loop gives the same frames)
+        return [(0, latent_frames)]
     return [(i, min(i + tile + 1, latent_frames)) for i in range(0, latent_frames, stride)]
 
 
@@ -108,3 +130,20 @@ def temporal_tiles(z: np.ndarray, decode, tile_sample_frames: int, stride_sample
         else:
             result.append(tile[:, :, :stride_sample_frames + 1])
     return np.concatenate(result, 2)[:, :, :num_sample_frames]
+
+
+def framewise_decode(z: np.ndarray, decode, tiling: dict, spatial: int, temporal: int,
+                     use_tiling: bool = False) -> np.ndarray:
+    """diffusers' ``_decode`` of the VAEs with framewise decoding on by default (HunyuanVideo): latents
+    longer than one temporal tile go through :func:`temporal_tiles`; after ``enable_tiling()`` each
+    part larger than one spatial tile goes through :func:`sample_tiles`. ``tiling`` holds diffusers'
+    ``tile_sample_min_*`` and ``tile_sample_stride_*`` (height, width, num_frames)."""
+    tile = (tiling["tile_sample_min_height"], tiling["tile_sample_min_width"])
+    stride = (tiling["tile_sample_stride_height"], tiling["tile_sample_stride_width"])
+    big = use_tiling and (z.shape[3] > tile[0] // spatial or z.shape[4] > tile[1] // spatial)
+
+    def one(part):
+        return sample_tiles(part, decode, tile, stride, spatial) if big else decode(part)
+
+    return temporal_tiles(z, one, tiling["tile_sample_min_num_frames"], tiling["tile_sample_stride_num_frames"],
+                          temporal)

@@ -206,9 +206,12 @@ def test_vae_encoder_matches_diffusers(vae):
 
 
 def test_tiling_loops_match_diffusers(vae):
-    """The numpy temporal (framewise, diffusers' default) and spatial tiling loops with blend_t/v/h,
+    """The runtime's temporal (framewise, diffusers' default) and spatial tiling loops (runtime/vae.py),
     around diffusers' own decoder as the tile function, against diffusers' decode."""
-    from video_aot.models.hunyuan_video_vae import TilingConfig, temporal_tiled_decode, tile_latent_lengths
+    from dataclasses import asdict
+
+    from video_aot.models.hunyuan_video_vae import TilingConfig
+    from video_aot.runtime.vae import framewise_decode, temporal_tile_starts
 
     ref, _, config = vae
 
@@ -218,8 +221,9 @@ def test_tiling_loops_match_diffusers(vae):
 
     rng = np.random.default_rng(4)
     z = rng.standard_normal((1, 4, 7, 2, 2)).astype(np.float32)  # 7 latent frames: tiles of 5, 4, 1
-    assert tile_latent_lengths(7) == [5, 4, 1]
-    ours = temporal_tiled_decode(decode_tile, z, config)
+    assert [end - start for start, end in temporal_tile_starts(7, 16, 12, 4)] == [5, 4, 1]
+    ours = framewise_decode(z, decode_tile, asdict(TilingConfig()), config.spatial_compression_ratio,
+                            config.temporal_compression_ratio)
     with torch.no_grad():
         expected = ref.decode(torch.tensor(z)).sample.numpy()
     assert ours.shape == expected.shape == (1, 3, 25, 16, 16)
@@ -228,7 +232,8 @@ def test_tiling_loops_match_diffusers(vae):
     tiling = TilingConfig(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=16,
                           tile_sample_stride_width=16)
     z = rng.standard_normal((1, 4, 5, 4, 5)).astype(np.float32)
-    ours = temporal_tiled_decode(decode_tile, z, config, tiling, use_tiling=True)
+    ours = framewise_decode(z, decode_tile, asdict(tiling), config.spatial_compression_ratio,
+                            config.temporal_compression_ratio, use_tiling=True)
     ref.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=16,
                       tile_sample_stride_width=16)
     try:
