@@ -11,7 +11,6 @@ import dataclasses
 import importlib
 import json
 import logging
-import os
 import re
 import struct
 from pathlib import Path

@@ -107,20 +107,14 @@ class _AnimateDiffPipeline(_UNet3DPipeline):
         context, guidance = self._context(prompt_embeds, negative_prompt_embeds, do_cfg, guidance_scale)
         return np.repeat(context, num_frames, axis=0), guidance
 
-    def _loop(self, sched, plan, start, latents, context, guidance, rng, eta, callback_on_step_end,
-              tensor_inputs, embeds):
-        """Steps ``start .. len(plan) - 1`` on [B, C, F, h, w] latents (diffusers' AnimateDiff loop)."""
+    def _loop(self, sched, plan, start, latents, guidance, rng, eta, callback_on_step_end, tensor_inputs, embeds):
+        """Steps ``start .. len(plan) - 1`` on [B, C, F, h, w] latents (diffusers' AnimateDiff loop). The
+        per-frame text context is ``embeds["prompt_embeds"]``, which a step callback may replace."""
         def predict(model_in, t, i):
-            return self.graphs["unet"](sample=model_in, timestep=np.array([t], F32), encoder_hidden_states=context,
-                                       guidance_scale=guidance)[0]
+            return self.graphs["unet"](sample=model_in, timestep=np.array([t], F32),
+                                       encoder_hidden_states=embeds["prompt_embeds"], guidance_scale=guidance)[0]
 
-        def on_step(i, t, x):
-            if callback_on_step_end is None:
-                return x
-            tensors = {k: (x if k == "latents" else embeds[k]) for k in tensor_inputs}
-            out = self.step_callback(callback_on_step_end, i - start, t, tensors)
-            return out.get("latents", x)
-
+        on_step = self.step_hook(callback_on_step_end, tensor_inputs, embeds, offset=start)
         return self.denoise(sched, plan, latents, predict, start=start, generator=rng, eta=eta, on_step=on_step)
 
 
@@ -186,10 +180,7 @@ class AnimateDiffPipeline(_AnimateDiffPipeline):
         # 5. prepare latent variables
         axes = self.manifest.latent_axes()
         shape = (batch_size, axes["C"], num_frames, axes["H"], axes["W"])
-        if latents is None:
-            latents = rng.standard_normal(shape, dtype=F32)
-        else:
-            latents = self.check_latents(latents, shape)
+        latents = self.initial_latents(shape, latents, rng)
         latents = (latents * plan.init_noise_sigma).astype(F32)
 
         # 6. denoising loop, once per FreeInit pass (eta reaches the scheduler's step when it takes one)
@@ -199,7 +190,7 @@ class AnimateDiffPipeline(_AnimateDiffPipeline):
             if self.free_init_enabled:
                 latents, plan, initial = self._apply_free_init(sched, plan, latents, free_init_iter,
                                                                num_inference_steps, rng, initial)
-            latents = self._loop(sched, plan, 0, latents, context, guidance, rng, eta, callback_on_step_end,
+            latents = self._loop(sched, plan, 0, latents, guidance, rng, eta, callback_on_step_end,
                                  tensor_inputs, embeds)
 
         # 7. post-processing
@@ -334,7 +325,7 @@ class AnimateDiffVideoToVideoPipeline(_AnimateDiffPipeline):
                                                                num_inference_steps, rng, initial)
                 num_inference_steps = len(plan.timesteps)
                 start, num_inference_steps = self.get_timesteps(plan, num_inference_steps, strength)
-            latents = self._loop(sched, plan, start, latents, context, guidance, rng, eta, callback_on_step_end,
+            latents = self._loop(sched, plan, start, latents, guidance, rng, eta, callback_on_step_end,
                                  tensor_inputs, embeds)
 
         # 6. post-processing

@@ -94,6 +94,27 @@ class ExportedPipeline:
             raise ShapeMismatch(f"unexpected latents shape {latents.shape}, expected {tuple(shape)}")
         return latents
 
+    def check_latent_frames(self, num_frames, latent_frames: int, temporal: int):
+        """For VAEs that compress time: every ``num_frames`` giving the exported latent-frame count
+        ((num_frames - 1) // temporal + 1, as diffusers computes it) is the same static shape; any
+        other was not exported."""
+        self.check_number("num_frames", num_frames, minimum=1, integer=True)
+        got = (int(num_frames) - 1) // temporal + 1
+        if got != latent_frames:
+            lo = (latent_frames - 1) * temporal + 1
+            raise ShapeMismatch(
+                f"num_frames={num_frames} gives {got} latent frames, but this export was built for {latent_frames} "
+                f"latent frames (num_frames {lo} to {lo + temporal - 1}); exported shapes: "
+                f"{self.export.describe_shapes()}. Static shapes are fixed at export time: re-export with "
+                f"export-model --frames {num_frames}.")
+
+    def initial_latents(self, shape, latents, rng) -> np.ndarray:
+        """diffusers' prepare_latents before scaling: ``latents=`` checked against ``shape``, or
+        standard normal noise of that shape drawn from ``rng`` in float32."""
+        if latents is None:
+            return rng.standard_normal(shape, dtype=np.float32)
+        return self.check_latents(latents, shape)
+
     @staticmethod
     def check_callback_inputs(names, allowed):
         bad = [n for n in names if n not in allowed]
@@ -163,6 +184,35 @@ class ExportedPipeline:
         out = callback(self, i, t, tensors)
         return out if isinstance(out, dict) else tensors
 
+    def step_hook(self, callback, names=("latents",), tensors: dict | None = None, offset: int = 0):
+        """diffusers' ``callback_on_step_end(pipe, i, t, callback_kwargs)`` as :meth:`denoise`'s
+        ``on_step``. The callback sees ``names`` (``latents`` and keys of ``tensors``); a tensor it
+        returns under a key of ``tensors`` replaces that entry (a loop that reads it from there sees
+        the change, as diffusers' does), and returned latents must keep their shape. ``offset``: the
+        first step's index in the plan (strength), so that the callback counts from 0."""
+        tensors = {} if tensors is None else tensors
+
+        def on_step(i, t, x):
+            if callback is None:
+                return x
+            out = self.step_callback(callback, i - offset, t, {k: x if k == "latents" else tensors[k] for k in names})
+            for k in tensors:
+                if k in out:
+                    tensors[k] = np.asarray(out[k], np.float32)
+            return self.check_latents(out.get("latents", x), x.shape)
+
+        return on_step
+
+    @staticmethod
+    def legacy_step_hook(callback, callback_steps: int, offset: int = 0):
+        """diffusers' older ``callback(step, timestep, latents)``, every ``callback_steps`` steps."""
+        def on_step(i, t, x):
+            if callback is not None and (i - offset) % callback_steps == 0:
+                callback(i - offset, t, x)
+            return x
+
+        return on_step
+
     def decode_chunks(self, latents: np.ndarray, chunk: int) -> np.ndarray:
         """latents [N, C, h, w] -> frames [N, 3, H, W], chunk by chunk; the last, shorter chunk
         uses the ``vae_decoder_tail`` graph exported for exactly that length."""
@@ -177,6 +227,7 @@ class ExportedPipeline:
     image_inputs: tuple = ("image",)  # __call__ arguments that take an image
     required_inputs: tuple | None = None  # None: arguments with no default, and `prompt` (see request.py)
     request_limits: dict = {}  # name -> (minimum, maximum), over request.REQUEST_LIMITS
+    scheduler_names: tuple | None = None  # the scheduler= names a request may give (None: every one)
 
     def request_schema(self) -> dict:
         """The arguments a client may send: name -> {"type", "required" | "default", "minimum",

@@ -30,6 +30,7 @@ F32 = np.float32
 
 
 class _CogVideoXBase(T5PromptMixin, ExportedPipeline):
+    scheduler_names = ("ddim", "dpm")  # CogVideoX's own pair
     family = "cogvideox"
     tokenizer_hint = "pass prompt_embeds= and negative_prompt_embeds="
     graph_names = ("text_encoder", "transformer", "vae_decoder_first", "vae_decoder", "vae_encoder_first",
@@ -64,12 +65,11 @@ class _CogVideoXBase(T5PromptMixin, ExportedPipeline):
         self.use_tiling = False
 
     def request_schema(self) -> dict:
-        """As the base schema, with this family's scheduler names ("ddim", "dpm")."""
+        """As the base schema, with the snapshot's scheduler named as this family names it."""
         schema = super().request_schema()
         if "scheduler" in schema:
             from .schedulers import COGVIDEOX_SCHEDULERS
 
-            schema["scheduler"]["enum"] = ["ddim", "dpm"]
             kind = COGVIDEOX_SCHEDULERS.get(str(self.manifest["scheduler"].get("_class_name", "")).lower())
             if kind is not None:
                 schema["scheduler"]["default"] = kind.replace("cogvideox_", "")
@@ -77,19 +77,8 @@ class _CogVideoXBase(T5PromptMixin, ExportedPipeline):
 
     # ------------------------------------------------------------------ checks
     def check_frames(self, num_frames):
-        """Any frame count with the exported latent-frame count ((num_frames - 1) // 4 + 1) is the
-        same static shape; anything else was not exported."""
         m = self.manifest
-        temporal = m["vae_scale_factor_temporal"]
-        self.check_number("num_frames", num_frames, minimum=1, integer=True)
-        if (int(num_frames) - 1) // temporal + 1 != m["latent_frames"]:
-            lo = (m["latent_frames"] - 1) * temporal + 1
-            hi = lo + temporal - 1
-            raise ShapeMismatch(
-                f"num_frames={num_frames} gives {(int(num_frames) - 1) // temporal + 1} latent frames, but this export "
-                f"was built for {m['latent_frames']} latent frames (num_frames {lo} to {hi}; exported with "
-                f"{m['shapes']['num_frames']}). Static shapes are fixed at export time: re-export with export-model "
-                f"--frames {num_frames}.")
+        self.check_latent_frames(num_frames, m["latent_frames"], m["vae_scale_factor_temporal"])
 
     def check_size(self, height, width):
         self.check_shapes(height=height, width=width)
@@ -150,10 +139,8 @@ class _CogVideoXBase(T5PromptMixin, ExportedPipeline):
                                               timestep=np.array([t], F32), guidance_scale=np.array([g], F32),
                                               **extra)[0]
 
-        def on_step(i, t, x):
-            return self.step_callback(callback_on_step_end, i, t, {"latents": x}).get("latents", x)
-
-        return self.denoise(sched, plan, latents, predict, start=start, generator=rng, eta=eta, on_step=on_step)
+        return self.denoise(sched, plan, latents, predict, start=start, generator=rng, eta=eta,
+                            on_step=self.step_hook(callback_on_step_end))
 
     def _check_call(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, height, width,
                     max_sequence_length, num_videos_per_prompt, num_inference_steps, callback_inputs):

@@ -286,10 +286,7 @@ class I2VGenXLPipeline(_UNet3DPipeline):
         # 5. prepare latent variables
         axes = self.manifest.latent_axes()
         shape = (batch, axes["C"], num_frames, axes["H"], axes["W"])
-        if latents is None:
-            latents = rng.standard_normal(shape, dtype=F32)
-        else:
-            latents = self.check_latents(latents, shape)
+        latents = self.initial_latents(shape, latents, rng)
         latents = latents * F32(plan.init_noise_sigma)
 
         # 7. denoising loop (eta reaches the scheduler's step when it takes one, as prepare_extra_step_kwargs)

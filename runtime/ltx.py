@@ -20,7 +20,7 @@ from .base import ExportedPipeline, VideoOutput
 from .families import FamilySpec
 from .image import OUTPUT_TYPES, as_image_list, postprocess_video, vae_image_inputs
 from .manifest import ExportInvalid, ShapeMismatch
-from .schedulers import make_scheduler
+from .schedulers import FLOW_MATCH_CLASS_NAMES, make_scheduler
 from .text import T5PromptMixin
 
 
@@ -51,6 +51,7 @@ def rescale_noise_cfg(noise_cfg, noise_pred_text, guidance_rescale: float = 0.0)
 
 
 class _LTXBase(T5PromptMixin, ExportedPipeline):
+    scheduler_names = tuple(sorted(FLOW_MATCH_CLASS_NAMES))  # the step graph predicts a flow velocity
     family = "ltx"
     size_multiple = 32
     graph_names = ("text_encoder", "transformer", "vae_decoder", "vae_encoder")
@@ -60,13 +61,6 @@ class _LTXBase(T5PromptMixin, ExportedPipeline):
                       "decode_timestep": (0.0, 1.0), "decode_noise_scale": (0.0, 1.0)}
 
     # ------------------------------------------------------------------ requests
-    def request_schema(self) -> dict:
-        schema = super().request_schema()
-        if "scheduler" in schema:  # the step graph is a flow-matching velocity: FlowMatchEuler only
-            schema["scheduler"]["enum"] = ["flow_euler"]
-            schema["scheduler"]["default"] = "flow_euler"
-        return schema
-
     def example_request(self) -> dict:
         return {**super().example_request(), "num_inference_steps": 2}
 
@@ -75,19 +69,8 @@ class _LTXBase(T5PromptMixin, ExportedPipeline):
 
     # ------------------------------------------------------------------ checks
     def check_frames(self, num_frames):
-        """Any frame count with the exported latent-frame count ((num_frames - 1) // 8 + 1) is the same
-        static shape (diffusers then returns (latent frames - 1) * 8 + 1 frames); others were not exported."""
         m = self.manifest
-        temporal = m["vae_temporal_compression_ratio"]
-        self.check_number("num_frames", num_frames, minimum=1, integer=True)
-        latent = m["latent_grid"][0]
-        if (int(num_frames) - 1) // temporal + 1 != latent:
-            lo = (latent - 1) * temporal + 1
-            raise ShapeMismatch(
-                f"num_frames={num_frames} gives {(int(num_frames) - 1) // temporal + 1} latent frames, but this export "
-                f"was built for {latent} latent frames (num_frames {lo} to {lo + temporal - 1}; exported with "
-                f"{m['shapes']['num_frames']}, height={m['shapes']['height']}, width={m['shapes']['width']}). Static "
-                f"shapes are fixed at export time: re-export with export-model --frames {num_frames}.")
+        self.check_latent_frames(num_frames, m["latent_grid"][0], m["vae_temporal_compression_ratio"])
 
     def _check_call(self, prompt, height, width, num_frames, num_inference_steps, timesteps, max_sequence_length,
                     attention_kwargs, callback_inputs, prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
@@ -179,7 +162,8 @@ class _LTXBase(T5PromptMixin, ExportedPipeline):
         per_token = tuple(m.graph_entries["transformer"].inputs[3].shape) != (1,)
         batch, seq = latents.shape[:2]
         g = F32(guidance_scale if do_cfg else 1.0)
-        ctx = {"text": text}
+        ctx = {}
+        embeds = {"prompt_embeds": text, "negative_prompt_embeds": negative_embeds}
         f, h, w = m["latent_grid"]
         p, pt = m["patch_size"], m["patch_size_t"]
         grid = (f // pt, h // p, w // p)
@@ -193,7 +177,7 @@ class _LTXBase(T5PromptMixin, ExportedPipeline):
             else:
                 timestep = np.array([t], F32)
             noise_pred, noise_text = self.graphs["transformer"](
-                hidden_states=model_in, encoder_hidden_states=ctx["text"], encoder_attention_mask=mask,
+                hidden_states=model_in, encoder_hidden_states=embeds["prompt_embeds"], encoder_attention_mask=mask,
                 timestep=timestep, rope_cos=cos, rope_sin=sin, guidance_scale=np.array([g], F32))
             if do_cfg and guidance_rescale > 0:
                 noise_pred = rescale_noise_cfg(noise_pred, noise_text, guidance_rescale=guidance_rescale)
@@ -209,14 +193,7 @@ class _LTXBase(T5PromptMixin, ExportedPipeline):
 
             step_view = (to_step, from_step)
 
-        def on_step(i, t, x):
-            if callback_on_step_end is None:
-                return x
-            tensors = {"latents": x, "prompt_embeds": ctx["text"], "negative_prompt_embeds": negative_embeds}
-            out = self.step_callback(callback_on_step_end, i, t, {k: tensors[k] for k in callback_inputs})
-            ctx["text"] = out.get("prompt_embeds", ctx["text"])
-            return out.get("latents", x)
-
+        on_step = self.step_hook(callback_on_step_end, callback_inputs, embeds)
         return self.denoise(sched, plan, latents, predict, generator=rng, on_step=on_step, step_view=step_view)
 
     def decode_latents(self, latents, decode_timestep, decode_noise_scale, rng):

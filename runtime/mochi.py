@@ -42,6 +42,7 @@ THRESHOLD_NOISE = 0.025  # MochiPipeline: genmo's infer.py threshold for the lin
 
 
 class MochiPipeline(T5PromptMixin, ExportedPipeline):
+    scheduler_names = tuple(sorted(FLOW_MATCH_CLASS_NAMES))  # the step graph predicts a flow velocity
     family = "mochi"
     tokenizer_hint = "pass prompt_embeds= and prompt_attention_mask= (and the negative ones)"
     t5_graph_takes_mask = True  # T5 runs with the tokenizer's mask
@@ -56,13 +57,6 @@ class MochiPipeline(T5PromptMixin, ExportedPipeline):
         self.force_zeros_for_empty_prompt = bool(self.manifest.get("force_zeros_for_empty_prompt", False))
 
     # ------------------------------------------------------------------ requests over a service
-    def request_schema(self) -> dict:
-        """As the base schema, with the schedulers that take MochiPipeline's custom sigmas."""
-        schema = super().request_schema()
-        if "scheduler" in schema:
-            schema["scheduler"]["enum"] = sorted(FLOW_MATCH_CLASS_NAMES)
-        return schema
-
     def example_request(self) -> dict:
         return {**super().example_request(), "num_inference_steps": 2}
 
@@ -72,19 +66,8 @@ class MochiPipeline(T5PromptMixin, ExportedPipeline):
 
     # ------------------------------------------------------------------ checks
     def check_frames(self, num_frames):
-        """Any frame count with the exported latent-frame count ((num_frames - 1) // 6 + 1) is the
-        same static shape (diffusers then decodes (latent frames - 1) * 6 + 1 frames)."""
         m = self.manifest
-        temporal = m["vae_scale_factor_temporal"]
-        self.check_number("num_frames", num_frames, minimum=1, integer=True)
-        got = (int(num_frames) - 1) // temporal + 1
-        if got != m["latent_frames"]:
-            lo = (m["latent_frames"] - 1) * temporal + 1
-            raise ShapeMismatch(
-                f"num_frames={num_frames} gives {got} latent frames, but this export was built for "
-                f"{m['latent_frames']} latent frames (num_frames {lo} to {lo + temporal - 1}); exported shapes: "
-                f"{self.export.describe_shapes()}. Static shapes are fixed at export time: re-export with "
-                f"export-model --frames {num_frames}.")
+        self.check_latent_frames(num_frames, m["latent_frames"], m["vae_scale_factor_temporal"])
 
     # ------------------------------------------------------------------ prompt
     def encode_prompt(self, prompt, negative_prompt=None, do_classifier_free_guidance=True, num_videos_per_prompt=1,
@@ -183,10 +166,7 @@ class MochiPipeline(T5PromptMixin, ExportedPipeline):
 
         # 4. latents: float32 noise [B, C, F, h, w]
         shape = (videos,) + tuple(m["latent_shape"])
-        if latents is None:
-            latents = rng.standard_normal(shape, dtype=F32)
-        else:
-            latents = self.check_latents(latents, shape)
+        latents = self.initial_latents(shape, latents, rng)
         if do_cfg:
             prompt_embeds = np.concatenate([negative_prompt_embeds, prompt_embeds])
             prompt_attention_mask = np.concatenate([negative_prompt_attention_mask, prompt_attention_mask])
@@ -201,7 +181,7 @@ class MochiPipeline(T5PromptMixin, ExportedPipeline):
         plan = sched.set_timesteps(sigmas=sigmas)
 
         # 6. denoise: the step graph always takes the CFG batch of 2B
-        state = {"prompt_embeds": prompt_embeds}
+        state = {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
 
         def predict(model_in, t, i):
             embeds = state["prompt_embeds"]
@@ -215,16 +195,7 @@ class MochiPipeline(T5PromptMixin, ExportedPipeline):
                                               encoder_attention_mask=mask.astype(F32),
                                               timestep=np.array([t], F32), guidance_scale=np.array([g], F32))[0]
 
-        def on_step(i, t, x):
-            if callback_on_step_end is None:
-                return x
-            available = {"latents": x, "prompt_embeds": state["prompt_embeds"],
-                         "negative_prompt_embeds": negative_prompt_embeds}
-            tensors = {k: available[k] for k in callback_on_step_end_tensor_inputs}
-            out = dict(self.step_callback(callback_on_step_end, i, t, tensors))
-            state["prompt_embeds"] = np.asarray(out.pop("prompt_embeds", state["prompt_embeds"]), F32)
-            return self.check_latents(out.pop("latents", x), x.shape)
-
+        on_step = self.step_hook(callback_on_step_end, callback_on_step_end_tensor_inputs, state)
         latents = self.denoise(sched, plan, latents, predict, generator=rng, on_step=on_step)
 
         # 7. decode

@@ -118,7 +118,7 @@ def request_schema(pipeline) -> dict:
         elif name == "scheduler" and "scheduler" in pipeline.manifest:
             from .schedulers import DIFFUSERS_CLASS_NAMES, canonical_scheduler_name
 
-            entry["enum"] = sorted(DIFFUSERS_CLASS_NAMES)
+            entry["enum"] = list(pipeline.scheduler_names or sorted(DIFFUSERS_CLASS_NAMES))
             try:
                 entry["default"] = canonical_scheduler_name(pipeline.manifest["scheduler"].get("_class_name"))
             except ValueError:

@@ -100,10 +100,7 @@ class StableVideoDiffusionPipeline(ExportedPipeline):
                                        image_latents=image_latents, encoder_hidden_states=embeds,
                                        added_time_ids=added_time_ids, guidance_scale=guidance)[0]
 
-        def on_step(i, t, latents):
-            return self.step_callback(callback_on_step_end, i, t, {"latents": latents}).get("latents", latents)
-
-        latents = self.denoise(sched, plan, latents, predict, generator=rng, on_step=on_step)
+        latents = self.denoise(sched, plan, latents, predict, generator=rng, on_step=self.step_hook(callback_on_step_end))
 
         # 9. decode in chunks over the flattened (batch * frames) axis, exactly as diffusers chunks it
         frames = self.decode_chunks(latents.reshape((-1,) + latents.shape[2:]), decode_chunk_size)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -166,11 +165,7 @@ class _UNet3DPipeline(ExportedPipeline):
         def from_step(x):
             return x.reshape(bsz, frames, channel, hgt, wid).transpose(0, 2, 1, 3, 4)
 
-        def on_step(i, t, x):  # diffusers' legacy callback(step, timestep, latents) every callback_steps
-            if callback is not None and (i - start) % callback_steps == 0:
-                callback(i - start, t, x)
-            return x
-
+        on_step = self.legacy_step_hook(callback, callback_steps, offset=start)
         return self.denoise(sched, plan, latents, predict, start=start, generator=rng, eta=eta, on_step=on_step,
                             step_view=(to_step, from_step))
 
@@ -249,10 +244,7 @@ class TextToVideoSDPipeline(_UNet3DPipeline):
         axes = self.manifest.latent_axes()
         channels, h, w = axes["C"], axes["H"], axes["W"]
         shape = (batch_size, channels, num_frames, h, w)
-        if latents is None:
-            latents = rng.standard_normal(shape, dtype=F32)
-        else:
-            latents = self.check_latents(latents, shape)
+        latents = self.initial_latents(shape, latents, rng)
         latents = latents * plan.init_noise_sigma
 
         # 6. denoising loop (eta reaches the scheduler's step when it takes one, as prepare_extra_step_kwargs)

@@ -232,10 +232,7 @@ class TextToVideoZeroPipeline(_UNet3DPipeline):
         # 4. prepare latent variables: the first frame, [1, C, h, w]
         axes = self.manifest.latent_axes()
         shape = (1, axes["C"], axes["H"], axes["W"])
-        if latents is None:
-            latents = rng.standard_normal(shape, dtype=F32)
-        else:
-            latents = self.check_latents(latents, shape)
+        latents = self.initial_latents(shape, latents, rng)
         latents = latents * plan.init_noise_sigma
 
         def frame_step(model_in, t, i):
@@ -247,11 +244,7 @@ class TextToVideoZeroPipeline(_UNet3DPipeline):
                                              encoder_hidden_states=context, guidance_scale=guidance)[0]
 
         def phase_callback(start):  # diffusers' backward_loop counts i from 0 in every phase
-            def on_step(i, t, x):
-                if callback is not None and (i - start) % callback_steps == 0:
-                    callback(i - start, t, x)
-                return x
-            return on_step
+            return self.legacy_step_hook(callback, callback_steps, offset=start)
 
         # 5. first backward process, T -> T_1 (first frame alone)
         stop1, stop0 = n - t1 - 1, n - t0 - 1
