@@ -1,12 +1,15 @@
 """The pipeline tests every family joins (as diffusers' PipelineTesterMixin): ``latents=`` parity with
 diffusers, generate-video, a server request, and bad inputs. A family's test module subclasses
-``PipelineSuite`` and provides one fixture, ``case``, returning a ``SuiteCase``:
+``PipelineSuite`` and provides one module fixture, ``case``, returning a ``SuiteCase``:
+
+    @pytest.fixture(scope="module")
+    def case(pipelines, snapshot):
+        return SuiteCase(pipe=..., export_dir=..., inputs={...}, cli_args=[...],
+                         reference=lambda inputs, latents: diffusers_frames)
+
 
     class TestSuite(PipelineSuite):
-        @pytest.fixture(scope="class")
-        def case(self, pipelines, snapshot):
-            return SuiteCase(pipe=..., export_dir=..., inputs={...}, cli_args=[...],
-                             reference=lambda inputs, latents: diffusers_frames)
+        pass
 """
 from __future__ import annotations
 
@@ -29,6 +32,10 @@ class SuiteCase:
     reference: Callable
     latents_shape: Optional[tuple] = None  # default: (batch,) + the manifest's latent_shape
     tolerance: float = PARITY_TOLERANCE
+    # what diffusers' callback_on_step_end may see and replace in this pipeline; None: the pipeline has
+    # diffusers' older callback(step, timestep, latents), or none
+    callback_inputs: Optional[tuple] = ("latents",)
+    frames_argument: str = "num_frames"  # __call__'s frame count (Text2Video-Zero: video_length)
     extra: dict = field(default_factory=dict)
 
 
@@ -45,6 +52,39 @@ class PipelineSuite:
         print(f"{type(pipe).__name__}: latents= parity max abs {err:.2e}")
         assert err <= case.tolerance
 
+    def test_step_callback_matches_diffusers(self, case):
+        """callback_on_step_end replaces the latents after the first step and halves the prompt
+        embeddings (where offered) at every step; the frames still match diffusers' under the same
+        callback, and differ from the plain call's."""
+        import inspect
+
+        takes = "callback_on_step_end" in inspect.signature(type(case.pipe).__call__).parameters
+        if case.callback_inputs is None:
+            assert not takes, "the pipeline takes callback_on_step_end: give the case its callback_inputs"
+            return
+        assert takes
+
+        def callback(pipe, i, t, kwargs):
+            out = dict(kwargs)
+            if "prompt_embeds" in out:
+                out["prompt_embeds"] = kwargs["prompt_embeds"] * 0.5
+            if i == 0:
+                out["latents"] = kwargs["latents"] * 0.9
+            return out
+
+        pipe = case.pipe
+        shape = case.latents_shape or (pipe.shapes.get("batch", 1),) + tuple(pipe.manifest["latent_shape"])
+        latents = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
+        inputs = {**case.inputs, "callback_on_step_end": callback,
+                  "callback_on_step_end_tensor_inputs": list(case.callback_inputs)}
+        ours = np.asarray(pipe(**inputs, latents=latents, output_type="np").frames, np.float32)
+        ref = np.asarray(case.reference(inputs, latents), np.float32)
+        plain = np.asarray(pipe(**case.inputs, latents=latents, output_type="np").frames, np.float32)
+        err = float(np.abs(ours - ref).max())
+        print(f"{type(pipe).__name__}: step callback parity max abs {err:.2e}")
+        assert err <= case.tolerance
+        assert float(np.abs(ours - plain).max()) > case.tolerance
+
     # ------------------------------------------------------------------ generate-video
     def test_cli_writes_a_video(self, case, tmp_path):
         from video_aot.runtime.cli import main
@@ -59,10 +99,11 @@ class PipelineSuite:
     def test_cli_refuses_an_unexported_frame_count(self, case, tmp_path, capsys):
         from video_aot.runtime.cli import main
 
-        frames = case.pipe.shapes["num_frames"] + 8
+        frames = case.pipe.shapes[case.frames_argument] + 8
+        flag = "--" + case.frames_argument.replace("_", "-")
         assert main([case.export_dir, "--out", str(tmp_path / "x.mp4"), "--backend", "mindspore", *case.cli_args,
-                     "--num-frames", str(frames)]) == 2
-        assert "num_frames" in capsys.readouterr().err
+                     flag, str(frames)]) == 2
+        assert case.frames_argument in capsys.readouterr().err
         assert not (tmp_path / "x.mp4").exists()
 
     @pytest.mark.parametrize("out", ["missing-folder/out.mp4", "out.avi"])
@@ -97,8 +138,9 @@ class PipelineSuite:
     # ------------------------------------------------------------------ requests over a service
     def test_server_request_validation(self, case):
         pipe = case.pipe
-        kwargs = pipe.validate_request(pipe.example_request())
-        assert kwargs["num_inference_steps"] == 1
+        example = pipe.example_request()
+        kwargs = pipe.validate_request(example)
+        assert kwargs["num_inference_steps"] == example["num_inference_steps"] >= 1
         with pytest.raises(ValueError, match="unknown field"):
             pipe.validate_request({**pipe.example_request(), "not_an_argument": 1})
         with pytest.raises(ValueError):

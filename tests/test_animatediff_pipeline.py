@@ -337,20 +337,22 @@ def test_generate_video_video_to_video(exports, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the shared pipeline suite
+@pytest.fixture(scope="module")
+def case(snapshots, exports, pipes):
+    _, ref = snapshots["mid"]
+    frames, height, width, _ = SHAPES["mid"]
+    inputs = dict(prompt=PROMPT, negative_prompt="blurry", num_inference_steps=2, guidance_scale=7.5,
+                  **_ours_scheduler("seed-ddim"))
+
+    def reference(inputs, latents):
+        kwargs = {k: v for k, v in inputs.items() if k not in ("scheduler", "scheduler_overrides")}
+        return _reference(ref, "seed-ddim")(**kwargs, num_frames=frames, height=height, width=width,
+                                            latents=torch.from_numpy(latents), output_type="np").frames
+
+    return SuiteCase(pipe=pipes["mid"], export_dir=str(exports["mid"]), inputs=inputs, reference=reference,
+                     cli_args=["--prompt", "a cat", "--steps", "1", "--seed", "0"],
+                     callback_inputs=("latents", "prompt_embeds"))
+
+
 class TestSuite(PipelineSuite):
     """latents= parity (the seed's DDIM), generate-video, an unexported frame count, request validation."""
-
-    @pytest.fixture(scope="class")
-    def case(self, snapshots, exports, pipes):
-        _, ref = snapshots["mid"]
-        frames, height, width, _ = SHAPES["mid"]
-        inputs = dict(prompt=PROMPT, negative_prompt="blurry", num_inference_steps=2, guidance_scale=7.5,
-                      **_ours_scheduler("seed-ddim"))
-
-        def reference(inputs, latents):
-            kwargs = {k: v for k, v in inputs.items() if k not in ("scheduler", "scheduler_overrides")}
-            return _reference(ref, "seed-ddim")(**kwargs, num_frames=frames, height=height, width=width,
-                                                latents=torch.from_numpy(latents), output_type="np").frames
-
-        return SuiteCase(pipe=pipes["mid"], export_dir=str(exports["mid"]), inputs=inputs, reference=reference,
-                         cli_args=["--prompt", "a cat", "--steps", "1", "--seed", "0"])

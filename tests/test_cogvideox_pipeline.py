@@ -361,19 +361,22 @@ def test_bf16_i2v_export_is_built_and_refused_on_the_cpu(snapshots, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the shared pipeline suite
+@pytest.fixture(scope="module")
+def case(snapshots, exports):
+    frames = T2V_FRAMES[0]
+    inputs = dict(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=2, guidance_scale=5.0,
+                  scheduler="ddim")
+
+    def reference(inputs, latents):
+        kwargs = {k: v for k, v in inputs.items() if k != "scheduler"}
+        return _reference("t2v", snapshots, "ddim")(**kwargs, height=HEIGHT, width=WIDTH, num_frames=frames,
+                                                    max_sequence_length=MAX_LENGTH, output_type="np",
+                                                    latents=torch.tensor(latents)).frames
+
+    return SuiteCase(pipe=load_pipeline(exports[("t2v", frames)], backend="mindspore"),
+                     export_dir=str(exports[("t2v", frames)]), inputs=inputs, reference=reference,
+                     cli_args=["--prompt", PROMPT, "--steps", "1", "--seed", "0"])
+
+
 class TestSuite(PipelineSuite):
-    @pytest.fixture(scope="class")
-    def case(self, snapshots, exports):
-        frames = T2V_FRAMES[0]
-        inputs = dict(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=2, guidance_scale=5.0,
-                      scheduler="ddim")
-
-        def reference(inputs, latents):
-            kwargs = {k: v for k, v in inputs.items() if k != "scheduler"}
-            return _reference("t2v", snapshots, "ddim")(**kwargs, height=HEIGHT, width=WIDTH, num_frames=frames,
-                                                        max_sequence_length=MAX_LENGTH, output_type="np",
-                                                        latents=torch.tensor(latents)).frames
-
-        return SuiteCase(pipe=load_pipeline(exports[("t2v", frames)], backend="mindspore"),
-                         export_dir=str(exports[("t2v", frames)]), inputs=inputs, reference=reference,
-                         cli_args=["--prompt", PROMPT, "--steps", "1", "--seed", "0"])
+    pass

@@ -285,7 +285,8 @@ def case(reference, exported, ours):
                     output_type="np", latents=torch.tensor(latents)).frames
 
     return SuiteCase(pipe=ours, export_dir=str(exported), inputs=inputs, reference=diffusers_frames,
-                     cli_args=["--prompt", PROMPT, "--steps", "1", "--seed", "0"])
+                     cli_args=["--prompt", PROMPT, "--steps", "1", "--seed", "0"],
+                     callback_inputs=("latents", "prompt_embeds"))
 
 
 class TestSuite(PipelineSuite):

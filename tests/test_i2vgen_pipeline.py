@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline_suite import PipelineSuite, SuiteCase
 from tiny import perturb, rel_l2
 
 from video_aot.export.run import export_model
@@ -235,8 +236,6 @@ def test_request_validation_and_generate_video(exports, pipelines, tmp_path):
     assert main([str(exports["a"]), "--out", str(tmp_path / "out.gif"), "--image", str(tmp_path / "in.png"),
                  "--negative-prompt", NEGATIVE, "--target-fps", "8", *common]) == 0
     assert (tmp_path / "out.gif").stat().st_size > 0
-    assert main([str(exports["a"]), "--out", str(tmp_path / "x.gif"), "--image", str(tmp_path / "in.png"),
-                 "--num-frames", "4", *common]) == 2  # not exported
 
 
 def test_manifest_declares_the_step_graph(exports):
@@ -280,3 +279,29 @@ def test_preset_plans_the_full_size_graphs_and_its_scheduler_matches_diffusers()
         ours, _ = sched.step(plan, i, x, out, None)
         theirs = ref.step(torch.from_numpy(out), ref.timesteps[i], torch.from_numpy(x)).prev_sample.numpy()
         assert rel_l2(ours, theirs) < 1e-5, i
+
+
+# ----------------------------------------------------------------------------- the shared pipeline suite
+@pytest.fixture(scope="module")
+def case(snapshot, exports, pipelines, tmp_path_factory):
+    _, ref = snapshot
+    frames, height, width, chunk, _ = SHAPES["a"]
+    path = tmp_path_factory.mktemp("i2vgen-suite") / "in.png"
+    _image(3).save(path)
+    inputs = dict(prompt=PROMPT, image=_image(3), negative_prompt=NEGATIVE, num_inference_steps=2, guidance_scale=6.0,
+                  seed=5)
+
+    def diffusers_frames(inputs, latents):
+        kwargs = {k: v for k, v in inputs.items() if k != "seed"}
+        with pytest.MonkeyPatch.context() as patch:  # the same posterior-sample noise as ours (seed 5)
+            _numpy_noise(patch, inputs["seed"])
+            return ref(**kwargs, height=height, width=width, num_frames=frames, latents=torch.from_numpy(latents),
+                       decode_chunk_size=chunk or 1, output_type="np").frames
+
+    return SuiteCase(pipe=pipelines["a"], export_dir=str(exports["a"]), inputs=inputs, reference=diffusers_frames,
+                     cli_args=["--prompt", PROMPT, "--image", str(path), "--steps", "1", "--seed", "0"],
+                     callback_inputs=None)  # I2VGenXLPipeline takes no step callback
+
+
+class TestSuite(PipelineSuite):
+    """latents= parity (same posterior noise), generate-video, an unexported frame count, requests."""

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline_suite import PipelineSuite, SuiteCase
 from tiny import perturb
 
 from video_aot.export.run import export_model
@@ -260,18 +261,14 @@ def test_presets_plan_the_full_size_graphs():
         assert graphs["vae_decoder"]["outputs"][0]["shape"] == [1, 3, 161, 512, 704]
 
 
-def test_generate_video_cli_and_request_validation(exports, tmp_path):
+def test_image_to_video_cli_and_request_validation(exports, tmp_path):  # T2V: the shared suite
     from video_aot.runtime.cli import main
 
-    t2v = str(exports[("t2v", 9, 32, 32)])
     common = ["--prompt", PROMPT, "--num-inference-steps", "2", "--seed", "1", "--backend", "mindspore",
               "--max-sequence-length", str(MAX_LENGTH)]
-    assert main([t2v, "--out", str(tmp_path / "t2v.gif"), *common]) == 0
-    assert (tmp_path / "t2v.gif").stat().st_size > 0
     _image().save(tmp_path / "in.png")
     assert main([str(exports["i2v"]), "--out", str(tmp_path / "i2v.gif"), "--pipeline", "image2video", "--image",
                  str(tmp_path / "in.png"), *common]) == 0
-    assert main([t2v, "--out", str(tmp_path / "x.gif"), "--num-frames", "25", *common]) == 2  # not exported
 
     for export, name in ((exports[("t2v", 9, 32, 32)], None), (exports["i2v"], "image2video")):
         pipe = load_pipeline(export, backend="mindspore", pipeline=name)
@@ -283,3 +280,27 @@ def test_generate_video_cli_and_request_validation(exports, tmp_path):
             pipe.validate_request({**pipe.example_request(), "num_frames": 17})
         with pytest.raises(ValueError, match="num_inference_steps"):
             pipe.validate_request({**pipe.example_request(), "num_inference_steps": 1})
+
+
+# ----------------------------------------------------------------------------- the shared pipeline suite
+@pytest.fixture(scope="module")
+def case(snapshots, exports):
+    frames, height, width = T2V_SHAPES[0]
+    _, ref = snapshots["090"]
+    inputs = dict(prompt=PROMPT, negative_prompt=NEGATIVE, guidance_scale=3.0, num_inference_steps=2,
+                  max_sequence_length=MAX_LENGTH)
+
+    def diffusers_frames(inputs, latents):
+        # latents= leaves no noise draw before decoding (0.9.0's decoder takes no decode noise)
+        return ref(**inputs, latents=torch.tensor(latents), num_frames=frames, height=height, width=width,
+                   output_type="np").frames
+
+    return SuiteCase(pipe=load_pipeline(exports[("t2v",) + T2V_SHAPES[0]], backend="mindspore"),
+                     export_dir=str(exports[("t2v",) + T2V_SHAPES[0]]), inputs=inputs, reference=diffusers_frames,
+                     latents_shape=_packed_latents(frames, height, width).shape,
+                     cli_args=["--prompt", PROMPT, "--steps", "2", "--seed", "0",
+                               "--max-sequence-length", str(MAX_LENGTH)], callback_inputs=("latents", "prompt_embeds"))
+
+
+class TestSuite(PipelineSuite):
+    """latents= parity (packed latents), generate-video, an unexported frame count, requests."""

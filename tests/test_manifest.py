@@ -4,7 +4,6 @@ the temporal tiling matches diffusers' framewise decode."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest

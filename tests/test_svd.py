@@ -341,22 +341,25 @@ def test_stale_work_folders_of_killed_exports_are_removed(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the shared pipeline suite
+@pytest.fixture(scope="module")
+def case(snapshot, exports, pipelines, tmp_path_factory):
+    from PIL import Image
+
+    _, ref = snapshot
+    frames, height, width, chunk, _ = SHAPES["a"]
+    image = Image.fromarray(_image(height, width, seed=2))
+    path = tmp_path_factory.mktemp("svd-suite") / "in.png"
+    image.save(path)
+    inputs = dict(image=image, num_inference_steps=2, fps=6, motion_bucket_id=100, noise_aug_strength=0.0,
+                  min_guidance_scale=1.5, max_guidance_scale=2.5)
+
+    def reference(inputs, latents):
+        return ref(**inputs, latents=torch.tensor(latents), height=height, width=width, num_frames=frames,
+                   decode_chunk_size=chunk, output_type="np").frames
+
+    return SuiteCase(pipe=pipelines["a"], export_dir=str(exports["a"]), inputs=inputs, reference=reference,
+                     cli_args=["--image", str(path), "--steps", "1", "--seed", "0"])
+
+
 class TestSuite(PipelineSuite):
-    @pytest.fixture(scope="class")
-    def case(self, snapshot, exports, pipelines, tmp_path_factory):
-        from PIL import Image
-
-        _, ref = snapshot
-        frames, height, width, chunk, _ = SHAPES["a"]
-        image = Image.fromarray(_image(height, width, seed=2))
-        path = tmp_path_factory.mktemp("svd-suite") / "in.png"
-        image.save(path)
-        inputs = dict(image=image, num_inference_steps=2, fps=6, motion_bucket_id=100, noise_aug_strength=0.0,
-                      min_guidance_scale=1.5, max_guidance_scale=2.5)
-
-        def reference(inputs, latents):
-            return ref(**inputs, latents=torch.tensor(latents), height=height, width=width, num_frames=frames,
-                       decode_chunk_size=chunk, output_type="np").frames
-
-        return SuiteCase(pipe=pipelines["a"], export_dir=str(exports["a"]), inputs=inputs, reference=reference,
-                         cli_args=["--image", str(path), "--steps", "1", "--seed", "0"])
+    pass

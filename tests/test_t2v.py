@@ -309,18 +309,22 @@ def test_generate_video_cli_text_and_video(exports, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the shared pipeline suite
+@pytest.fixture(scope="module")
+def case(snapshot, exports, pipelines):
+    _, ref = snapshot
+    frames, height, width, _, _ = SHAPES["a"]
+    inputs = dict(prompt="a cat riding a horse", negative_prompt="blurry", num_inference_steps=2,
+                  guidance_scale=7.5, scheduler="ddim")
+
+    def reference(inputs, latents):
+        kwargs = {k: v for k, v in inputs.items() if k != "scheduler"}
+        return _scheduled(ref, "ddim")(**kwargs, height=height, width=width, num_frames=frames,
+                                       latents=torch.from_numpy(latents)).frames
+
+    return SuiteCase(pipe=pipelines["a"], export_dir=str(exports["a"]), inputs=inputs, reference=reference,
+                     cli_args=["--prompt", "a cat", "--steps", "1", "--seed", "0"],
+                     callback_inputs=None)  # diffusers' older callback(step, t, latents)
+
+
 class TestSuite(PipelineSuite):
-    @pytest.fixture(scope="class")
-    def case(self, snapshot, exports, pipelines):
-        _, ref = snapshot
-        frames, height, width, _, _ = SHAPES["a"]
-        inputs = dict(prompt="a cat riding a horse", negative_prompt="blurry", num_inference_steps=2,
-                      guidance_scale=7.5, scheduler="ddim")
-
-        def reference(inputs, latents):
-            kwargs = {k: v for k, v in inputs.items() if k != "scheduler"}
-            return _scheduled(ref, "ddim")(**kwargs, height=height, width=width, num_frames=frames,
-                                           latents=torch.from_numpy(latents)).frames
-
-        return SuiteCase(pipe=pipelines["a"], export_dir=str(exports["a"]), inputs=inputs, reference=reference,
-                         cli_args=["--prompt", "a cat", "--steps", "1", "--seed", "0"])
+    pass

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline_suite import PipelineSuite, SuiteCase
 from tiny import perturb
 
 from video_aot.export.run import export_model
@@ -192,16 +193,11 @@ def test_refusals(pipelines):
     assert pipe._frame_ids("0, 2,4", 3) == [0, 2, 4]  # --frame-ids on the command line
 
 
-def test_generate_video_cli(exports, tmp_path):
+def test_generate_video_cli_refuses_the_t1_rule(exports, tmp_path):
+    """The t1 rule reaches the command line as an error message, not a traceback (the suite below
+    writes a video)."""
     from video_aot.runtime.cli import main
-    from video_aot.runtime.video_io import read_video
 
-    out = tmp_path / "zero.mp4"
-    assert main([str(exports["a"]), "--prompt", "a cat riding a horse", "--steps", "3", "--t0", "0", "--t1", "1",
-                 "--motion-field-strength-x", "4", "--seed", "1", "--out", str(out), "--backend", "mindspore"]) == 0
-    frames, _ = read_video(out)
-    assert frames.shape == (3, 32, 48, 3)
-    # the t1 rule reaches the command line as an error message, not a traceback
     assert main([str(exports["a"]), "--prompt", "a cat", "--steps", "3", "--out", str(tmp_path / "bad.mp4"),
                  "--backend", "mindspore"]) == 2
 
@@ -248,3 +244,28 @@ def test_preset_plans_the_sd15_graphs(snapshot):
     with pytest.raises(ValueError, match="one video per call"):
         export_model("text2video-zero", "unused", frames=8, height=512, width=512, batch=2, random_weights=True,
                      dry_run=True, log=lambda *a: None)
+
+
+# ----------------------------------------------------------------------------- the shared pipeline suite
+@pytest.fixture(scope="module")
+def case(snapshot, exports, pipelines):
+    """TextToVideoZeroPipeline returns diffusers' ``images`` [F, H, W, 3] (one video) and takes
+    ``video_length``; its latents are one frame's [1, C, h, w], and the forward loop draws noise."""
+    _, ref = snapshot
+    frames, height, width, _ = SHAPES["a"]
+    inputs = dict(prompt="a panda surfing on a wave", num_inference_steps=5, t0=1, t1=3, seed=7)
+
+    def diffusers_frames(inputs, latents):
+        kwargs = {k: v for k, v in inputs.items() if k != "seed"}
+        with pytest.MonkeyPatch.context() as patch:
+            _shared_noise(patch, inputs["seed"])
+            return ref(**kwargs, video_length=frames, height=height, width=width,
+                       latents=torch.from_numpy(latents)).images[None]
+
+    return SuiteCase(pipe=pipelines["a"], export_dir=str(exports["a"]), inputs=inputs, reference=diffusers_frames,
+                     latents_shape=(1, 4, height // 2, width // 2), callback_inputs=None, frames_argument="video_length",
+                     cli_args=["--prompt", "a cat", "--steps", "3", "--t0", "0", "--t1", "1", "--seed", "0"])
+
+
+class TestSuite(PipelineSuite):
+    """latents= parity (same forward-loop noise), generate-video, an unexported video_length, requests."""

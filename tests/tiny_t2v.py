@@ -3,7 +3,6 @@ UNet3DConditionModel, an AutoencoderKL, a CLIP text tower and a CLIP BPE tokeniz
 and merges are generated locally (export/tiny.py write_clip_tokenizer)."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
