@@ -140,7 +140,8 @@ VARIANTS = {
 }
 
 
-def child(variant: str, work: Path, kind: str, mb: float, size: str, calls: int = 2) -> dict:
+def _marks():
+    """A list of (name, RSS MB, peak RSS MB) and the function that appends to it (after a gc)."""
     marks = []
 
     def mark(name):
@@ -148,6 +149,11 @@ def child(variant: str, work: Path, kind: str, mb: float, size: str, calls: int 
         rss, hwm = rss_mb()
         marks.append((name, round(rss), round(hwm)))
 
+    return marks, mark
+
+
+def child(variant: str, work: Path, kind: str, mb: float, size: str, calls: int = 2) -> dict:
+    marks, mark = _marks()
     mark("start")
     import mindspore as ms
     from mindspore import nn
@@ -206,13 +212,7 @@ def export_child(export_dir: Path, backend_name: str = "mindspore", order: str =
     """Every graph of an export through the runtime's backend, called once with random inputs of its
     declared shapes; ``order="load_all"`` loads every graph first (as the pipelines do), ``"one_by_one"``
     loads and calls each in turn."""
-    marks = []
-
-    def mark(name):
-        gc.collect()
-        rss, hwm = rss_mb()
-        marks.append((name, round(rss), round(hwm)))
-
+    marks, mark = _marks()
     mark("start")
     from video_aot.runtime.backends import make_backend
     from video_aot.runtime.manifest import read_manifest
