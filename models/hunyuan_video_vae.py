@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from mindspore import nn, ops
 
-from .layers import FP32, Attention, Conv3d, GroupNorm, scaled_dot_product_attention, silu
+from .layers import FP32, Attention, Conv3d, GroupNorm, ResnetStack, scaled_dot_product_attention, silu
 from .loading import register
 from .mochi_vae import replicate_pad
 
@@ -202,38 +202,20 @@ class HunyuanVideoDownsampleCausal3D(nn.Cell):
         return self.conv(x)
 
 
-class HunyuanVideoUpBlock3D(nn.Cell):
+class HunyuanVideoUpBlock3D(ResnetStack):
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, upsample_factor):
-        super().__init__()
-        self.resnets = nn.CellList([
-            HunyuanVideoResnetBlockCausal3D(in_channels if i == 0 else out_channels, out_channels, groups)
-            for i in range(num_layers)])
-        self.upsamplers = nn.CellList([HunyuanVideoUpsampleCausal3D(out_channels, out_channels, upsample_factor)]) \
-            if upsample_factor is not None else None
-
-    def construct(self, x):
-        for resnet in self.resnets:
-            x = resnet(x)
-        if self.upsamplers is not None:
-            x = self.upsamplers[0](x)
-        return x
+        resnets = [HunyuanVideoResnetBlockCausal3D(in_channels if i == 0 else out_channels, out_channels, groups)
+                   for i in range(num_layers)]
+        super().__init__(resnets, upsampler=HunyuanVideoUpsampleCausal3D(out_channels, out_channels, upsample_factor)
+                         if upsample_factor is not None else None)
 
 
-class HunyuanVideoDownBlock3D(nn.Cell):
+class HunyuanVideoDownBlock3D(ResnetStack):
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, stride):
-        super().__init__()
-        self.resnets = nn.CellList([
-            HunyuanVideoResnetBlockCausal3D(in_channels if i == 0 else out_channels, out_channels, groups)
-            for i in range(num_layers)])
-        self.downsamplers = nn.CellList([HunyuanVideoDownsampleCausal3D(out_channels, out_channels, stride)]) \
-            if stride is not None else None
-
-    def construct(self, x):
-        for resnet in self.resnets:
-            x = resnet(x)
-        if self.downsamplers is not None:
-            x = self.downsamplers[0](x)
-        return x
+        resnets = [HunyuanVideoResnetBlockCausal3D(in_channels if i == 0 else out_channels, out_channels, groups)
+                   for i in range(num_layers)]
+        super().__init__(resnets, downsampler=HunyuanVideoDownsampleCausal3D(out_channels, out_channels, stride)
+                         if stride is not None else None)
 
 
 # ============================================================================= encoder / decoder
