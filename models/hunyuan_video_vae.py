@@ -27,7 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 from mindspore import nn, ops
 
-from .layers import FP32, Attention, Conv3d, GroupNorm, ResnetStack, scaled_dot_product_attention, silu
+from .layers import (
+    FP32, Attention, Conv3d, GroupNorm, ResnetAttentionStack, ResnetStack, scaled_dot_product_attention, silu,
+)
 from .loading import register
 from .mochi_vae import replicate_pad
 
@@ -148,22 +150,11 @@ class CausalFrameAttention(Attention):
         return out.reshape(b, f, h, w, c).transpose(0, 4, 1, 2, 3)
 
 
-class HunyuanVideoMidBlock3D(nn.Cell):
+class HunyuanVideoMidBlock3D(ResnetAttentionStack):
     def __init__(self, channels: int, groups: int, add_attention: bool, num_layers: int = 1):
-        super().__init__()
-        self.add_attention = add_attention
-        self.resnets = nn.CellList([HunyuanVideoResnetBlockCausal3D(channels, channels, groups)
-                                    for _ in range(num_layers + 1)])
-        if add_attention:
-            self.attentions = nn.CellList([CausalFrameAttention(channels, groups) for _ in range(num_layers)])
-
-    def construct(self, x):
-        x = self.resnets[0](x)
-        for i in range(len(self.resnets) - 1):
-            if self.add_attention:
-                x = self.attentions[i](x)
-            x = self.resnets[i + 1](x)
-        return x
+        resnets = [HunyuanVideoResnetBlockCausal3D(channels, channels, groups) for _ in range(num_layers + 1)]
+        attentions = [CausalFrameAttention(channels, groups) for _ in range(num_layers)] if add_attention else None
+        super().__init__(resnets, attentions)
 
 
 def upsample_nearest(x, time_factor: int, space_factor: int):

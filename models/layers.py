@@ -515,6 +515,25 @@ class ResnetStack(nn.Cell):
         return x
 
 
+class ResnetAttentionStack(nn.Cell):
+    """resnet, then (attention -> resnet) per layer, no time embedding: the shape of diffusers'
+    UNetMidBlock2D as the VAEs use it (models/vae.py, HunyuanVideo's mid block). The cells come
+    built: n + 1 resnets and n attentions, or None for resnets only; each takes and returns x alone."""
+
+    def __init__(self, resnets, attentions=None):
+        super().__init__()
+        self.resnets = nn.CellList(resnets)
+        self.attentions = nn.CellList(attentions) if attentions is not None else None
+
+    def construct(self, x):
+        x = self.resnets[0](x)
+        for i in range(len(self.resnets) - 1):
+            if self.attentions is not None:
+                x = self.attentions[i](x)
+            x = self.resnets[i + 1](x)
+        return x
+
+
 def pad_bottom_right(x):
     """One zero row at the bottom and one zero column at the right of [..., H, W] (torch's
     ``F.pad(x, (0, 1, 0, 1))``), written as concats so that it also traces in bf16, which

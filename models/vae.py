@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from mindspore import nn
 
-from .layers import Attention, Conv2d, Downsample2D, GroupNorm, ResnetBlock2D, ResnetStack, Upsample2D, silu
+from .layers import (
+    Attention, Conv2d, Downsample2D, GroupNorm, ResnetAttentionStack, ResnetBlock2D, ResnetStack, Upsample2D, silu,
+)
 
 
 class DownEncoderBlock2D(ResnetStack):
@@ -20,30 +22,20 @@ class DownEncoderBlock2D(ResnetStack):
                                                            padding=downsample_padding) if add_downsample else None)
 
 
-class UNetMidBlock2D(nn.Cell):
+class UNetMidBlock2D(ResnetAttentionStack):
     """resnet -> (self-attention with group norm and residual -> resnet) x num_layers, no temb."""
 
     def __init__(self, channels: int, groups: int, eps: float = 1e-6, add_attention: bool = True,
                  attention_head_dim: int | None = None, num_layers: int = 1):
-        super().__init__()
         head_dim = attention_head_dim or channels
-        self.resnets = nn.CellList([
-            ResnetBlock2D(channels, channels, temb_channels=None, groups=groups, eps=eps) for _ in range(num_layers + 1)
-        ])
-        self.attentions = nn.CellList([
+        resnets = [ResnetBlock2D(channels, channels, temb_channels=None, groups=groups, eps=eps)
+                   for _ in range(num_layers + 1)]
+        attentions = [
             Attention(channels, heads=channels // head_dim, dim_head=head_dim, bias=True, norm_num_groups=groups,
                       eps=eps, residual_connection=True)
             for _ in range(num_layers)
-        ]) if add_attention else None
-        self.num_layers = num_layers
-
-    def construct(self, x):
-        x = self.resnets[0](x)
-        for i in range(self.num_layers):
-            if self.attentions is not None:
-                x = self.attentions[i](x)
-            x = self.resnets[i + 1](x)
-        return x
+        ] if add_attention else None
+        super().__init__(resnets, attentions)
 
 
 class Encoder(nn.Cell):
