@@ -39,13 +39,23 @@ class SuiteCase:
     extra: dict = field(default_factory=dict)
 
 
+def _latents_and_frames(case):
+    """The suite's latents and our frames for the plain call, computed once per case (the parity and
+    the step-callback tests both need them)."""
+    if "plain" not in case.extra:
+        pipe = case.pipe
+        shape = case.latents_shape or (pipe.shapes.get("batch", 1),) + tuple(pipe.manifest["latent_shape"])
+        latents = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
+        frames = np.asarray(pipe(**case.inputs, latents=latents, output_type="np").frames, np.float32)
+        case.extra["plain"] = (latents, frames)
+    return case.extra["plain"]
+
+
 class PipelineSuite:
     # ------------------------------------------------------------------ parity
     def test_latents_parity_with_diffusers(self, case):
         pipe = case.pipe
-        shape = case.latents_shape or (pipe.shapes.get("batch", 1),) + tuple(pipe.manifest["latent_shape"])
-        latents = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
-        ours = np.asarray(pipe(**case.inputs, latents=latents, output_type="np").frames, np.float32)
+        latents, ours = _latents_and_frames(case)
         ref = np.asarray(case.reference(case.inputs, latents), np.float32)
         assert ours.shape == ref.shape
         err = float(np.abs(ours - ref).max())
@@ -73,13 +83,11 @@ class PipelineSuite:
             return out
 
         pipe = case.pipe
-        shape = case.latents_shape or (pipe.shapes.get("batch", 1),) + tuple(pipe.manifest["latent_shape"])
-        latents = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
+        latents, plain = _latents_and_frames(case)
         inputs = {**case.inputs, "callback_on_step_end": callback,
                   "callback_on_step_end_tensor_inputs": list(case.callback_inputs)}
         ours = np.asarray(pipe(**inputs, latents=latents, output_type="np").frames, np.float32)
         ref = np.asarray(case.reference(inputs, latents), np.float32)
-        plain = np.asarray(pipe(**case.inputs, latents=latents, output_type="np").frames, np.float32)
         err = float(np.abs(ours - ref).max())
         print(f"{type(pipe).__name__}: step callback parity max abs {err:.2e}")
         assert err <= case.tolerance
