@@ -37,7 +37,7 @@ from video_aot.models.hunyuan_video_vae import (
     AutoencoderKLHunyuanVideoConfig, TilingConfig, decoded_frames,
 )
 from video_aot.models.loading import config_from_dict
-from video_aot.runtime.vae import temporal_tile_starts
+from video_aot.runtime.vae import decode_tile_shapes
 
 from .components import Components
 from .graphs import Encode, GraphSpec, TensorSpec, relax_tolerance
@@ -96,25 +96,11 @@ def latent_frames(num_frames: int, temporal: int = 4) -> int:
     return (num_frames - 1) // temporal + 1
 
 
-def spatial_tiles(size: int, tile: int, stride: int) -> list:
-    """Sizes of diffusers' spatial tiles along one latent axis (tiles start every ``stride``)."""
-    return [min(tile, size - i) for i in range(0, size, stride)]
-
-
 def decoder_tile_shapes(f: int, h: int, w: int, tiling: TilingConfig, spatial: int, temporal: int,
                         spatial_tiling: bool) -> list:
     """Every (T, th, tw) latent tile diffusers' vae.decode runs for latents of F x h x w: temporal
     tiles (framewise decoding, always on) and, with ``spatial_tiling``, the spatial tiles of each."""
-    lengths = sorted({end - start for start, end in temporal_tile_starts(
-        f, tiling.tile_sample_min_num_frames, tiling.tile_sample_stride_num_frames, temporal)})
-    big = spatial_tiling and (w > tiling.tile_sample_min_width // spatial
-                              or h > tiling.tile_sample_min_height // spatial)
-    if big:
-        hs = spatial_tiles(h, tiling.tile_sample_min_height // spatial, tiling.tile_sample_stride_height // spatial)
-        ws = spatial_tiles(w, tiling.tile_sample_min_width // spatial, tiling.tile_sample_stride_width // spatial)
-    else:
-        hs, ws = [h], [w]
-    return sorted({(t, th, tw) for t in lengths for th in hs for tw in ws})
+    return decode_tile_shapes(f, h, w, asdict(tiling), spatial, temporal, use_tiling=spatial_tiling)
 
 
 def decoder_graph_name(t: int, th: int, tw: int) -> str:

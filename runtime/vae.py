@@ -7,7 +7,8 @@
 - ``stitch_tiles``: spatial tiling on top of either, blended over the overlaps as diffusers does.
 - ``sample_tiles``: spatial tiling in sample units (HunyuanVideo's and LTX-Video's ``tiled_decode``).
 - ``temporal_tiles``: framewise (temporal) tiling with blending (HunyuanVideo, LTX-Video);
-  ``framewise_decode`` composes it with ``sample_tiles`` as HunyuanVideo's ``_decode`` does.
+  ``framewise_decode`` composes it with ``sample_tiles`` as their ``_decode`` does, and
+  ``decode_tile_shapes`` lists the latent tiles it decodes (one exported graph each).
 
 Every function takes the coder as a plain callable, so a pipeline composes them (spatial tiles of
 causal batches, temporal tiles of spatial tiles, ...) without knowing a graph.
@@ -105,23 +106,31 @@ def temporal_tile_starts(latent_frames: int, tile_sample_frames: int, stride_sam
     export needs one decoder graph per distinct tile length."""
     tile = tile_sample_frames // ratio
     stride = stride_sample_frames // ratio
-    if latent_frames <= tile:  # diffusers decodes these in one call (the tiled loop gives the same frames)
+    if latent_frames <= tile:  # diffusers decodes these in one call, without the tiled loop
         return [(0, latent_frames)]
     return [(i, min(i + tile + 1, latent_frames)) for i in range(0, latent_frames, stride)]
 
 
-def temporal_tiles(z: np.ndarray, decode, tile_sample_frames: int, stride_sample_frames: int, ratio: int) -> np.ndarray:
-    """diffusers' ``_temporal_tiled_decode`` (HunyuanVideo): z [B, C, F, h, w] -> frames
-    [B, 3, (F - 1) * ratio + 1, H, W]. ``decode(z_tile)`` decodes one tile of latent frames (itself
-    possibly spatially tiled); each tile after the first drops its first frame and fades in from the
-    previous tile over tile - stride frames."""
+DROP_FRAMES = ("first", "last")
+
+
+def temporal_tiles(z: np.ndarray, decode, tile_sample_frames: int, stride_sample_frames: int, ratio: int,
+                   drop_frame: str = "first") -> np.ndarray:
+    """diffusers' ``_temporal_tiled_decode``: z [B, C, F, h, w] -> frames [B, 3, (F - 1) * ratio + 1, H, W].
+    ``decode(z_tile)`` decodes one tile of latent frames (itself possibly spatially tiled); each tile
+    after the first loses one decoded frame (``drop_frame``: its first in HunyuanVideo, its last in
+    LTX-Video) and fades in from the previous tile over tile - stride frames."""
+    if drop_frame not in DROP_FRAMES:
+        raise ValueError(f"drop_frame={drop_frame!r}; choose one of {DROP_FRAMES}")
     num_sample_frames = (z.shape[2] - 1) * ratio + 1
     blend_frames = tile_sample_frames - stride_sample_frames
     row = []
     for k, (start, end) in enumerate(temporal_tile_starts(z.shape[2], tile_sample_frames, stride_sample_frames,
                                                           ratio)):
         decoded = decode(np.ascontiguousarray(z[:, :, start:end]))
-        row.append(decoded[:, :, 1:] if k > 0 else decoded)
+        if k > 0:
+            decoded = decoded[:, :, 1:] if drop_frame == "first" else decoded[:, :, :-1]
+        row.append(decoded)
     result = []
     for k, tile in enumerate(row):
         if k > 0:
@@ -132,18 +141,48 @@ def temporal_tiles(z: np.ndarray, decode, tile_sample_frames: int, stride_sample
     return np.concatenate(result, 2)[:, :, :num_sample_frames]
 
 
+def _spatial_grid(tiling: dict):
+    return ((tiling["tile_sample_min_height"], tiling["tile_sample_min_width"]),
+            (tiling["tile_sample_stride_height"], tiling["tile_sample_stride_width"]))
+
+
+def _larger_than_tile(height: int, width: int, tile: tuple, spatial: int) -> bool:
+    return height > tile[0] // spatial or width > tile[1] // spatial
+
+
 def framewise_decode(z: np.ndarray, decode, tiling: dict, spatial: int, temporal: int,
-                     use_tiling: bool = False) -> np.ndarray:
-    """diffusers' ``_decode`` of the VAEs with framewise decoding on by default (HunyuanVideo): latents
-    longer than one temporal tile go through :func:`temporal_tiles`; after ``enable_tiling()`` each
+                     use_tiling: bool = False, use_framewise: bool = True, drop_frame: str = "first") -> np.ndarray:
+    """diffusers' ``_decode`` of the video VAEs that tile in sample units: with ``use_framewise``
+    (HunyuanVideo's default; LTX-Video's ``vae.use_framewise_decoding``) latents longer than one
+    temporal tile go through :func:`temporal_tiles`; with ``use_tiling`` (``enable_tiling()``) each
     part larger than one spatial tile goes through :func:`sample_tiles`. ``tiling`` holds diffusers'
     ``tile_sample_min_*`` and ``tile_sample_stride_*`` (height, width, num_frames)."""
-    tile = (tiling["tile_sample_min_height"], tiling["tile_sample_min_width"])
-    stride = (tiling["tile_sample_stride_height"], tiling["tile_sample_stride_width"])
-    big = use_tiling and (z.shape[3] > tile[0] // spatial or z.shape[4] > tile[1] // spatial)
+    tile, stride = _spatial_grid(tiling)
 
     def one(part):
-        return sample_tiles(part, decode, tile, stride, spatial) if big else decode(part)
+        if use_tiling and _larger_than_tile(part.shape[3], part.shape[4], tile, spatial):
+            return sample_tiles(part, decode, tile, stride, spatial)
+        return decode(part)
 
-    return temporal_tiles(z, one, tiling["tile_sample_min_num_frames"], tiling["tile_sample_stride_num_frames"],
-                          temporal)
+    if use_framewise and z.shape[2] > tiling["tile_sample_min_num_frames"] // temporal:
+        return temporal_tiles(z, one, tiling["tile_sample_min_num_frames"], tiling["tile_sample_stride_num_frames"],
+                              temporal, drop_frame)
+    return one(z)
+
+
+def decode_tile_shapes(latent_frames: int, height: int, width: int, tiling: dict, spatial: int, temporal: int,
+                       use_tiling: bool = False, use_framewise: bool = True) -> list:
+    """The (frames, height, width) latent tiles :func:`framewise_decode` hands its ``decode`` for
+    latents of that size with those switches, sorted: an export needs one decoder graph per shape."""
+    tile, stride = _spatial_grid(tiling)
+    if use_framewise and latent_frames > tiling["tile_sample_min_num_frames"] // temporal:
+        lengths = {end - start for start, end in temporal_tile_starts(
+            latent_frames, tiling["tile_sample_min_num_frames"], tiling["tile_sample_stride_num_frames"], temporal)}
+    else:
+        lengths = {latent_frames}
+    if use_tiling and _larger_than_tile(height, width, tile, spatial):
+        hs = {min(tile[0] // spatial, height - i) for i in range(0, height, stride[0] // spatial)}
+        ws = {min(tile[1] // spatial, width - j) for j in range(0, width, stride[1] // spatial)}
+    else:
+        hs, ws = {height}, {width}
+    return sorted((t, th, tw) for t in lengths for th in hs for tw in ws)

@@ -12,7 +12,9 @@ from video_aot.runtime.manifest import (
     BoundGraph, ExportInvalid, GraphEntry, Manifest, ShapeMismatch, TensorSpec, mindir_input_shapes, sha256_file,
     verify_export,
 )
-from video_aot.runtime.vae import run_causal, run_chunks, temporal_tile_starts, temporal_tiles
+from video_aot.runtime.vae import (
+    decode_tile_shapes, framewise_decode, run_causal, run_chunks, temporal_tile_starts, temporal_tiles,
+)
 
 
 def _entry():
@@ -150,3 +152,56 @@ def test_temporal_tiles_match_diffusers_framewise_decode(latent_frames, tile, st
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
     assert {e - s for s, e in temporal_tile_starts(latent_frames, tile, stride, ratio)} <= {tile // ratio + 1} | set(
         range(1, tile // ratio + 1))
+
+
+@pytest.mark.parametrize("latent_frames,height,width", [(5, 6, 7), (3, 3, 4), (2, 6, 3)])
+def test_ltx_temporal_and_spatial_tiles_match_diffusers(latent_frames, height, width):
+    """diffusers' AutoencoderKLLTXVideo._decode with enable_tiling() and use_framewise_decoding around a
+    stand-in decoder (position-dependent, so every overlap blends two different tiles): temporal tiles
+    lose their last decoded frame (HunyuanVideo's lose their first); the shapes decode_tile_shapes lists
+    are the ones decoded."""
+    torch = pytest.importorskip("torch")
+    from diffusers import AutoencoderKLLTXVideo
+
+    spatial, temporal = 2, 4
+    tiling = dict(tile_sample_min_height=6, tile_sample_min_width=4, tile_sample_min_num_frames=8,
+                  tile_sample_stride_height=4, tile_sample_stride_width=2, tile_sample_stride_num_frames=4)
+
+    def fake_decode(z):  # [B, C, F, h, w] -> [B, 3, (F - 1) * 4 + 1, 2h, 2w]
+        z = np.asarray(z, np.float32)
+        frames = np.concatenate([z[:, :, :1], np.repeat(z[:, :, 1:], temporal, axis=2)], 2)
+        x = np.repeat(np.repeat(frames[:, :3], spatial, axis=3), spatial, axis=4)
+        ramp = [np.linspace(0.5, 1.5, n, dtype=np.float32) for n in x.shape[2:]]
+        return np.tanh(x) * ramp[0][:, None, None] * ramp[1][:, None] + ramp[2]
+
+    class StandIn(torch.nn.Module):
+        def forward(self, z, temb=None):
+            assert temb is not None and float(temb[0]) == 0.25
+            return torch.from_numpy(fake_decode(z.numpy()))
+
+    vae = AutoencoderKLLTXVideo(block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+                                layers_per_block=(1, 1, 1), decoder_layers_per_block=(1, 1, 1),
+                                spatio_temporal_scaling=(True, False), decoder_spatio_temporal_scaling=(True, False),
+                                decoder_inject_noise=(False, False, False), upsample_residual=(False, False),
+                                upsample_factor=(1, 1), latent_channels=4)
+    vae.spatial_compression_ratio, vae.temporal_compression_ratio = spatial, temporal
+    vae.decoder = StandIn()
+    vae.enable_tiling(**tiling)
+    vae.use_framewise_decoding = True
+    z = np.random.default_rng(1).standard_normal((1, 4, latent_frames, height, width)).astype(np.float32)
+    seen = set()
+
+    def decode(tile):
+        seen.add(tile.shape[2:])
+        return fake_decode(tile)
+
+    with torch.no_grad():
+        ref = vae._decode(torch.from_numpy(z), torch.tensor([0.25])).sample.numpy()
+    ours = framewise_decode(z, decode, tiling, spatial, temporal, use_tiling=True, drop_frame="last")
+    assert ours.shape == ref.shape == (1, 3, (latent_frames - 1) * temporal + 1, height * spatial, width * spatial)
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
+    assert sorted(seen) == decode_tile_shapes(latent_frames, height, width, tiling, spatial, temporal,
+                                              use_tiling=True)
+    assert len(seen) > 1
+    with pytest.raises(ValueError, match="drop_frame"):
+        temporal_tiles(z, decode, 8, 4, temporal, drop_frame="middle")
