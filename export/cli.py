@@ -41,6 +41,10 @@ def main(argv=None) -> int:
     parser.add_argument("--with-video-encoder", action="store_true", default=None,
                         help="CogVideoX text-to-video snapshots: add the VAE encoder graphs so that the export also "
                              "serves video-to-video")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also write an ONNX file next to each MindIR graph, checked against it with onnxruntime "
+                             "(generate-video --backend onnxruntime); graphs that cannot be exported are named in "
+                             "the manifest's onnx_unavailable with the reason")
     parser.add_argument("--force", action="store_true", help="overwrite an existing export")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the manifest that would be written (graphs and static shapes) and stop")
@@ -59,7 +63,8 @@ def main(argv=None) -> int:
                      batch=args.batch, dtype=args.dtype, decode_chunk_size=args.decode_chunk_size,
                      weights=args.weights, random_weights=args.random_weights, force=args.force,
                      variant=args.variant, validate=args.validate, forward_chunking=args.forward_chunking,
-                     tiling=args.tiling, with_video_encoder=args.with_video_encoder, dry_run=args.dry_run)
+                     tiling=args.tiling, with_video_encoder=args.with_video_encoder, dry_run=args.dry_run,
+                     onnx=args.onnx)
     except (ValueError, RuntimeError, OSError) as err:
         print(f"export-model: error: {err}", file=sys.stderr)
         return 2

@@ -26,9 +26,10 @@ def _weights_fingerprint(folder: Optional[Path]) -> list:
 def export_model(model: str, out: str, frames: int, height: int, width: int, batch: int = 1, dtype: str = "fp32",
                  decode_chunk_size: Optional[int] = None, weights: Optional[str] = None, random_weights: bool = False,
                  force: bool = False, variant: Optional[str] = None, validate: bool = False, log=print,
-                 dry_run: bool = False, **options):
+                 dry_run: bool = False, onnx: bool = False, **options):
     """``options``: family-specific export options passed to the family's plan (e.g. the t2v
-    family's ``forward_chunking="1:1"``); options left at None are not passed."""
+    family's ``forward_chunking="1:1"``); options left at None are not passed. ``onnx``: also write
+    an ONNX file next to each MindIR graph the ONNX exporter can take (export/onnx.py)."""
     import mindspore as ms
 
     check_dtype(dtype)
@@ -55,10 +56,11 @@ def export_model(model: str, out: str, frames: int, height: int, width: int, bat
         "graphs": [(s.name, s.to_json()) for s, _ in graphs],
         "weights": _weights_fingerprint(source.weights),
         "mindspore": ms.__version__,
+        **({"onnx": True} if onnx else {}),  # an --onnx export is not the same artifacts as a MindIR-only one
     })
     if dry_run:  # what would be written, without building or tracing any network
         return {**manifest, "graphs": {spec.name: spec.to_json() for spec, _ in graphs}}
-    return write_export(out, graphs, manifest, force=force, validate=validate, log=log)
+    return write_export(out, graphs, manifest, force=force, validate=validate, log=log, onnx=onnx)
 
 
 def plan_from_manifest(manifest) -> list:

@@ -124,12 +124,15 @@ def remove_stale_partials(out_dir: Path):
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def write_export(out_dir, graphs, manifest: dict, force: bool = False, validate: bool = False, log=print) -> Path:
+def write_export(out_dir, graphs, manifest: dict, force: bool = False, validate: bool = False, log=print,
+                 onnx: bool = False) -> Path:
     """``graphs``: list of (GraphSpec, cell_factory) where the factory builds the cell on demand
     (so only one network needs to be alive at a time). ``manifest``: family fields; the graph
     entries, checksums and versions are added here. An optional ``manifest["assets"]`` maps
     export-relative paths to source files (a tokenizer, say) that are copied into the export and
-    checksummed like the graphs; the written manifest lists their relative paths."""
+    checksummed like the graphs; the written manifest lists their relative paths. ``onnx``: also
+    write NAME.onnx for every graph the ONNX exporter can take (export/onnx.py); each graph entry
+    names its ONNX file, and ``manifest["onnx_unavailable"]`` names every other graph with the reason."""
     import mindspore as ms
 
     out_dir = Path(out_dir).resolve()
@@ -152,11 +155,19 @@ def write_export(out_dir, graphs, manifest: dict, force: bool = False, validate:
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-{os.getpid()}-", dir=out_dir.parent))
     os.chmod(work, 0o755)
     try:
-        entries = {}
+        entries, onnx_unavailable = {}, {}
         for spec, factory in graphs:
             log(f"tracing {spec.name}: inputs " + ", ".join(f"{t.name}{list(t.shape)}" for t in spec.inputs))
             cell = factory()
             entries[spec.name] = trace_graph(work, spec, cell, validate=validate)
+            if onnx:
+                from .onnx import OnnxUnavailable, trace_onnx
+
+                try:
+                    entries[spec.name]["onnx"] = trace_onnx(work, spec, cell, work / entries[spec.name]["file"])
+                except OnnxUnavailable as err:
+                    onnx_unavailable[spec.name] = str(err)
+                    log(f"  no ONNX for {spec.name}: {err}")
             del cell
         assets = dict(manifest.get("assets") or {})
         for rel, source in assets.items():
@@ -165,7 +176,7 @@ def write_export(out_dir, graphs, manifest: dict, force: bool = False, validate:
             shutil.copyfile(source, target)
         files = {}
         for entry in entries.values():
-            for rel in entry["files"]:
+            for rel in entry["files"] + ([entry["onnx"]["file"]] if "onnx" in entry else []):
                 files[rel] = sha256_file(work / rel)
         for rel in assets:
             files[rel] = sha256_file(work / rel)
@@ -174,6 +185,7 @@ def write_export(out_dir, graphs, manifest: dict, force: bool = False, validate:
             **manifest,
             **({"assets": sorted(assets)} if "assets" in manifest else {}),
             "graphs": entries,
+            **({"onnx_unavailable": onnx_unavailable} if onnx else {}),
             "files": files,
             "mindspore_version": ms.__version__,
             "numpy_version": np.__version__,

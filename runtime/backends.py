@@ -2,7 +2,8 @@
 
 A backend turns a MindIR file into a callable ``graph(*arrays) -> tuple of arrays``. The
 MindSpore backend uses ``ms.load`` + ``nn.GraphCell``; the MindSpore Lite backend (when
-``mindspore_lite`` is importable) builds a Lite model from the same file.
+``mindspore_lite`` is importable) builds a Lite model from the same file. The onnxruntime backend
+loads each graph's ONNX file instead (``artifact = "onnx"``; written by export-model --onnx).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-BACKENDS = ("mindspore", "lite")
+BACKENDS = ("mindspore", "lite", "onnxruntime")
 
 # Elementwise ops whose MindSpore 2.7.1 CPU kernel, when an input is broadcast, keeps a buffer of about 4.5x
 # its output for the life of the compiled graph (benchmarks/NOTES.md, "Where the memory goes").
@@ -174,6 +175,41 @@ class LiteBackend:
         return LiteGraph(Path(path), self.device_target)
 
 
+class OnnxRuntimeGraph:
+    """An onnxruntime CPU session over one graph's ONNX file, called with arrays in the graph's input order."""
+
+    def __init__(self, path: Path, threads: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        self.path = path
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        # the static shapes the file was traced with (checked against the manifest by the pipeline)
+        self.input_shapes = [tuple(i.shape) for i in self.session.get_inputs()]
+
+    def __call__(self, *arrays):
+        return tuple(self.session.run(None, dict(zip(self.input_names, arrays))))
+
+
+class OnnxRuntimeBackend:
+    """Runs the ONNX artifacts of an export (export-model --onnx) with onnxruntime on the CPU."""
+
+    name = "onnxruntime"
+    artifact = "onnx"
+    device_target = "CPU"
+
+    def __init__(self, threads: int = 0):
+        import onnxruntime  # noqa: F401  (fails early with ImportError when absent)
+
+        self.threads = threads
+
+    def load(self, path) -> OnnxRuntimeGraph:
+        return OnnxRuntimeGraph(Path(path), self.threads)
+
+
 def lite_available() -> bool:
     try:
         import mindspore_lite  # noqa: F401
@@ -190,4 +226,6 @@ def make_backend(name: str | None = None, **kwargs):
         return MindSporeBackend(**kwargs)
     if name == "lite":
         return LiteBackend(**{k: v for k, v in kwargs.items() if k == "device_target"})
+    if name == "onnxruntime":
+        return OnnxRuntimeBackend(**{k: v for k, v in kwargs.items() if k == "threads"})
     raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")

@@ -43,13 +43,16 @@ class ExportedPipeline:
         """Load graph ``name`` through the backend, bound to its manifest entry (named inputs, shapes
         checked). The traced input shapes in the MindIR must be the ones the manifest declares."""
         entry = self.manifest.graph_entries[name]
-        path = self.export.graph_path(name)
-        traced = mindir_input_shapes(path)
+        artifact = getattr(self.backend, "artifact", "mindir")  # the onnxruntime backend loads the ONNX files
+        path = self.export.graph_path(name, artifact)
+        traced = mindir_input_shapes(path) if artifact == "mindir" else None
         declared = [tuple(t.shape) for t in entry.inputs]
+        fn = self.backend.load(path) if artifact != "mindir" else None
+        traced = getattr(fn, "input_shapes", traced)
         if traced is not None and traced != declared:
             raise ExportInvalid(f"{self.export.root}: the manifest declares graph {name}'s inputs as {declared} but "
                                 f"{path.name} was traced with {traced}; the manifest was edited - re-export")
-        self.graphs[name] = BoundGraph(entry, self.backend.load(path))
+        self.graphs[name] = BoundGraph(entry, fn if fn is not None else self.backend.load(path))
         return self.graphs[name]
 
     @classmethod

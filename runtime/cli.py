@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from .backends import BACKENDS
+
 OUTPUT_SUFFIXES = (".mp4", ".gif")
 DEFAULT_FPS = 8  # frame rate of the written file when the pipeline takes no frame-rate argument
 FPS_ARGUMENTS = ("fps", "target_fps", "frame_rate")  # a pipeline's frame-rate argument names the file's rate
@@ -40,7 +42,9 @@ def _base_parser(add_help: bool) -> argparse.ArgumentParser:
                              f"argument, else {DEFAULT_FPS})")
     parser.add_argument("--tiling", action="store_true", help="code the VAE in diffusers' spatial tiles "
                                                               "(exports made with export-model --tiling)")
-    parser.add_argument("--backend", default=None, choices=("mindspore", "lite"))
+    parser.add_argument("--backend", default=None, choices=BACKENDS,
+                        help="default: MindSpore Lite when importable, else MindSpore; onnxruntime runs the ONNX files "
+                             "of an export made with export-model --onnx")
     return parser
 
 

@@ -54,12 +54,14 @@ class GraphEntry:
     files: tuple  # every file of the graph (a split export has a variables folder too)
     inputs: tuple  # TensorSpec, in call order
     outputs: tuple
+    onnx: str | None = None  # the graph's ONNX file (export-model --onnx), relative to the export
 
     @classmethod
     def from_json(cls, name: str, raw: dict) -> "GraphEntry":
         return cls(name, raw["file"], tuple(raw.get("files", [raw["file"]])),
                    tuple(TensorSpec.from_json(t) for t in raw["inputs"]),
-                   tuple(TensorSpec.from_json(t) for t in raw["outputs"]))
+                   tuple(TensorSpec.from_json(t) for t in raw["outputs"]),
+                   raw["onnx"]["file"] if "onnx" in raw else None)
 
 
 def _inside(root: Path, rel: str) -> bool:
@@ -122,10 +124,19 @@ class Export:
     def shapes(self) -> dict:
         return self.manifest.shapes
 
-    def graph_path(self, name: str) -> Path:
+    def graph_path(self, name: str, artifact: str = "mindir") -> Path:
+        """The file of graph ``name`` to load: its MindIR, or with ``artifact="onnx"`` its ONNX file."""
         graphs = self.manifest["graphs"]
         if name not in graphs:
             raise ExportInvalid(f"{self.root}: the export has no graph {name!r}; it has {sorted(graphs)}")
+        if artifact == "onnx":
+            entry = self.manifest.graph_entries[name]
+            if entry.onnx is None:
+                unavailable = self.manifest.get("onnx_unavailable")
+                why = ("it was exported without --onnx; re-export with export-model --onnx" if unavailable is None
+                       else unavailable.get(name, "the manifest gives no reason"))
+                raise ExportInvalid(f"{self.root}: graph {name} has no ONNX artifact ({why})")
+            return self.root / entry.onnx
         return self.root / graphs[name]["file"]
 
     def describe_shapes(self) -> str:
@@ -165,7 +176,7 @@ def verify_export(root, check_sums: bool = True) -> Export:
                     "the artifact was modified or corrupted - re-export it"
                 )
     for name, entry in manifest.graph_entries.items():
-        for rel in entry.files:
+        for rel in entry.files + ((entry.onnx,) if entry.onnx is not None else ()):
             if not _inside(root, rel):
                 raise ExportInvalid(f"{root}: graph {name} names {rel!r}, a path outside the export folder")
             if rel not in manifest["files"]:

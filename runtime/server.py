@@ -38,6 +38,8 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 
+from .backends import BACKENDS
+
 log = logging.getLogger("video_aot.serve")
 
 API_VERSION = "v1"
@@ -671,7 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(repeatable; other names answer 421, against DNS rebinding)")
     parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="decoded image limit (width*height)")
     parser.add_argument("--max-steps", type=int, default=100, help="num_inference_steps limit, 1 to 500")
-    parser.add_argument("--backend", default=None, choices=("mindspore", "lite"))
+    parser.add_argument("--backend", default=None, choices=BACKENDS)
     parser.add_argument("--no-check-sums", action="store_true", help="skip the sha256 check of the graphs at start")
     parser.add_argument("--log-level", default="info")
     return parser

@@ -1,7 +1,8 @@
 """Stable Video Diffusion: exported graphs and the runtime pipeline against diffusers.
 
 Two tiny snapshots are exported once per session (odd frame counts, non-square sizes, a decode
-chunk that does not divide the frame count); every comparison reuses those exports."""
+chunk that does not divide the frame count); every comparison reuses those exports. Export "a" also
+holds the ONNX artifacts (export-model --onnx), run end to end by the onnxruntime backend."""
 from __future__ import annotations
 
 import json
@@ -39,7 +40,7 @@ def exports(snapshot, tmp_path_factory):
     out = {}
     for name, (frames, height, width, chunk, batch) in SHAPES.items():
         out[name] = export_model(str(folder), str(root / name), frames=frames, height=height, width=width,
-                                 batch=batch, decode_chunk_size=chunk, log=lambda *a: None)
+                                 batch=batch, decode_chunk_size=chunk, log=lambda *a: None, onnx=name == "a")
     return out
 
 
@@ -116,6 +117,40 @@ def test_pipeline_matches_diffusers(snapshot, pipelines, name, steps, guidance):
     ours = pipelines[name](Image.fromarray(image), latents=latents, **kwargs).frames
     assert ours.shape == (batch, frames, height, width, 3) and ours.dtype == np.float32
     assert np.abs(ours - np.asarray(expected)).max() <= 1e-3
+
+
+def test_onnxruntime_pipeline_matches_diffusers(snapshot, exports):
+    """The same export's ONNX files on onnxruntime, end to end against diffusers with the same latents."""
+    from PIL import Image
+
+    _, ref = snapshot
+    frames, height, width, chunk, batch = SHAPES["a"]
+    pipe = load_pipeline(exports["a"], backend="onnxruntime")
+    assert {g.fn.path.suffix for g in pipe.graphs.values()} == {".onnx"}
+    image = Image.fromarray(_image(height, width, seed=5))
+    latents = np.random.default_rng(6).standard_normal((batch, frames, 4, height // 2, width // 2)).astype(np.float32)
+    kwargs = dict(height=height, width=width, num_frames=frames, num_inference_steps=2, min_guidance_scale=1.0,
+                  max_guidance_scale=3.0, fps=6, motion_bucket_id=100, noise_aug_strength=0.0, output_type="np")
+    expected = ref(image, latents=torch.tensor(latents), decode_chunk_size=chunk, **kwargs).frames
+    ours = pipe(image, latents=latents, **kwargs).frames
+    assert ours.shape == (batch, frames, height, width, 3)
+    assert np.abs(ours - np.asarray(expected)).max() <= 1e-3
+
+
+def test_onnxruntime_refuses_graphs_without_onnx(exports, tmp_path):
+    with pytest.raises(ExportInvalid, match="graph image_encoder has no ONNX artifact .*exported without --onnx"):
+        load_pipeline(exports["b"], backend="onnxruntime")
+    # a graph the exporter could not take is named with the reason the export recorded
+    copy = tmp_path / "export"
+    shutil.copytree(exports["a"], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["graphs"]["unet"]["onnx"]
+    manifest["onnx_unavailable"]["unet"] = "MindSpore's ONNX exporter failed: no converter for Foo"
+    (copy / "manifest.json").chmod(0o644)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportInvalid, match="graph unet has no ONNX artifact .*no converter for Foo"):
+        load_pipeline(copy, backend="onnxruntime")
+    load_pipeline(copy, backend="mindspore")  # the MindIR graphs still serve
 
 
 def test_output_types_and_seed(pipelines):
@@ -251,7 +286,9 @@ def test_manifest_contents(exports):
                                                    "added_time_ids", "guidance_scale"]
     assert unet["inputs"][0]["shape"] == [1, 5, 4, 16, 24]
     assert manifest["graphs"]["vae_decoder_tail"]["inputs"][0]["shape"] == [1, 4, 16, 24]
-    assert set(manifest["files"]) == {g["file"] for g in manifest["graphs"].values()}
+    assert set(manifest["files"]) == ({g["file"] for g in manifest["graphs"].values()} |
+                                      {g["onnx"]["file"] for g in manifest["graphs"].values()})
+    assert manifest["onnx_unavailable"] == {}  # every SVD graph has its ONNX file
     assert manifest["scheduler"]["_class_name"] == "EulerDiscreteScheduler"
     assert manifest["feature_extractor"]["image_mean"]
     assert manifest["mindspore_version"] == "2.7.1"
