@@ -75,7 +75,8 @@ def run_benchmark(args, log=print) -> dict:
         shapes = tier_shapes(settings_tier, model)
         export_dir = (Path(args.work_dir) if args.work_dir else _work_root() / f"{model}-{args.tier}") / "export"
         config = {"model": settings_tier.snapshot.format(model=model), "export_dir": str(export_dir),
-                  "force": not args.reuse_export, **shapes}
+                  "force": not args.reuse_export, **shapes,
+                  "onnx": "onnxruntime" in args.baselines.split(",")}  # the onnxruntime baseline runs its ONNX files
         export_info = run_worker("export", config, log)
     manifest = json.loads((export_dir / "manifest.json").read_text())
     if model is None:  # an export folder: name it after its source (a preset name, or a snapshot folder's name)
@@ -137,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tiny (test configs, CI smoke run), small (real architecture, reduced shape), "
                              "full (real shape; slow). Default: small with --model; labels EXPORT_DIR runs.")
     parser.add_argument("--baselines", default="pynative,torch",
-                        help="comma-separated baselines measured in the same run (default pynative,torch; '' for none)")
+                        help="comma-separated baselines measured in the same run (default pynative,torch; '' for none); "
+                             "onnxruntime runs the export's ONNX files (with --model the export is made with --onnx)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per generation")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up generations (first-call figures)")
     parser.add_argument("--repeats", type=int, default=None, help="measured generations")

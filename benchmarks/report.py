@@ -14,7 +14,8 @@ from pathlib import Path
 SCHEMA = 1
 HISTORY_DIR = Path(__file__).parent / "history"
 BASELINE_DIR = Path(__file__).parent / "baselines"
-BACKENDS = ("exported", "pynative", "torch")
+BACKENDS = ("exported", "pynative", "torch", "onnxruntime")
+BASELINES = BACKENDS[1:]
 # stages in the order they run; "unet" is the graph call inside "denoise_step"
 STAGES = ("image_encode", "text_encode", "vae_encode", "denoise_step", "unet", "vae_decode", "end_to_end")
 # the git checkout the record names; VIDEO_AOT_REPO overrides it when bench-model runs from a frozen copy
@@ -118,8 +119,10 @@ def build_record(tier, model: str, manifest: dict, settings: dict, results: dict
             if kind in results and stage in results[kind]["stages"]:
                 entry[kind] = results[kind]["stages"][stage]
         median = entry["exported"]["median"]
-        for kind in ("pynative", "torch"):
+        for kind in BASELINES:
             if kind in entry:
+                if kind == "onnxruntime":  # a second runtime backend: its memory is worth comparing too
+                    entry["onnxruntime_peak_rss_mb"] = results[kind].get("peak_rss_mb", {}).get(stage)
                 entry[f"ratio_{kind}"] = _ratio(median, entry[kind]["median"])
                 mine = exported.get("round_medians", {}).get(stage, [])
                 theirs = results[kind].get("round_medians", {}).get(stage, [])
@@ -141,7 +144,7 @@ def build_record(tier, model: str, manifest: dict, settings: dict, results: dict
                    "process_peak_rss_mb": r.get("process_peak_rss_mb")} for kind, r in results.items()}
     cold["exported"]["verify_seconds"] = exported.get("verify_seconds")
     load_ratios = {f"ratio_{k}": _ratio(exported.get("load_seconds"), results[k].get("load_seconds"))
-                   for k in ("pynative", "torch") if k in results}
+                   for k in BASELINES if k in results}
     process_peaks = [r.get("process_peak_rss_mb") for r in results.values()] + [(export or {}).get("peak_rss_mb")]
     return {
         "schema": SCHEMA,
@@ -267,6 +270,12 @@ def format_table(record: dict) -> str:
             f"{k} {v:.1f}s" for k, v in record["export"]["graphs"].items() if v is not None))
     rss = record["peak_rss_mb"]
     lines.append(f"peak RSS: exported process {rss.get('exported_process')} MB, whole run {rss.get('run')} MB")
+    ort = {stage: e for stage, e in record["stages"].items() if e.get("onnxruntime")}
+    if ort:  # the same export's ONNX files on onnxruntime (bench-model --baselines ...,onnxruntime)
+        lines.append("onnxruntime (the export's ONNX files; exported / onnxruntime, peak RSS MB): " + "; ".join(
+            f"{stage} {_ms(e['onnxruntime']['median']).strip()} ({_x(e.get('ratio_onnxruntime')).strip()}, "
+            f"{e.get('onnxruntime_peak_rss_mb') or '-'})" for stage, e in ort.items())
+            + f"; process peak {rss.get('onnxruntime_process')} MB")
     return "\n".join(lines)
 
 

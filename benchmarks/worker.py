@@ -6,6 +6,7 @@ Kinds (every one drives a family only through its export manifest, its export pl
 runtime pipeline, so a new family needs no code here):
   export    export_model() for the tier's snapshot and shapes: compile time and peak memory.
   exported  the exported MindIR graphs through the runtime pipeline (load_pipeline), as users run it.
+  onnxruntime  the same pipeline over the export's ONNX files (export-model --onnx) on onnxruntime.
   pynative  the same runtime pipeline over the plan's cells run eagerly in PyNative mode (what
             mindone.diffusers runs by default); also counts the FLOPs of every stage call.
   torch     diffusers' pipeline loaded from the same snapshot, in eager mode on the CPU; the
@@ -144,7 +145,7 @@ def run_export(config: dict) -> dict:
     out = export_model(config["model"], config["export_dir"], frames=config["frames"], height=config["height"],
                        width=config["width"], batch=config.get("batch", 1), dtype=config.get("dtype", "fp32"),
                        decode_chunk_size=config.get("decode_chunk_size"), force=config.get("force", True),
-                       log=lambda *a: print(*a, file=sys.stderr))
+                       onnx=config.get("onnx", False), log=lambda *a: print(*a, file=sys.stderr))
     seconds = time.perf_counter() - start
     manifest = json.loads((Path(out) / "manifest.json").read_text())
     return {"seconds": seconds,
@@ -158,16 +159,17 @@ def _mindspore_context(config: dict, mode: str):
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE, device_target="CPU")
 
 
-def run_exported(config: dict) -> dict:
+def run_exported(config: dict, backend: str = "mindspore") -> dict:
     from video_aot.runtime import load_pipeline
     from video_aot.runtime.manifest import verify_export
 
-    _mindspore_context(config, "graph")
+    if backend == "mindspore":
+        _mindspore_context(config, "graph")
     recorder = _new_recorder()
     start = time.perf_counter()
     verify_export(config["export_dir"], check_sums=True)
     verified = time.perf_counter()
-    pipe = load_pipeline(config["export_dir"], backend="mindspore", check_sums=False,
+    pipe = load_pipeline(config["export_dir"], backend=backend, check_sums=False,
                          **config.get("backend_options", {}))
     loaded = time.perf_counter()
     recorder.add("load", start, loaded, timed=False)
@@ -178,9 +180,13 @@ def run_exported(config: dict) -> dict:
     out["load_seconds"] = loaded - start
     out["verify_seconds"] = verified - start
     out["process_peak_rss_mb"] = round(peak_rss_bytes() / MB, 1)
-    if config.get("matmul_peak", True):
+    if config.get("matmul_peak", True) and backend == "mindspore":
         out["matmul_gflops"] = mindspore_matmul_gflops()
     return out
+
+
+def run_onnxruntime(config: dict) -> dict:
+    return run_exported(config, backend="onnxruntime")
 
 
 class PlanBackend:
@@ -321,7 +327,8 @@ def _new_recorder() -> StageRecorder:
     return recorder
 
 
-KINDS = {"export": run_export, "exported": run_exported, "pynative": run_pynative, "torch": run_torch}
+KINDS = {"export": run_export, "exported": run_exported, "pynative": run_pynative, "torch": run_torch,
+         "onnxruntime": run_onnxruntime}
 
 
 def main(argv=None) -> int:

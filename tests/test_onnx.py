@@ -1,0 +1,86 @@
+"""export-model --onnx at the writer level, on two tiny cells: one built from the shared layers
+whose ops the ONNX exporter cannot take as MindSpore writes them (GroupNorm's rsqrt, the exact
+GELU's erf, a (3, 1, 1) temporal Conv3d with asymmetric pads), and one with an op it has no
+converter for at all (Sign), which must be named in the manifest with the reason.
+The end-to-end check (the tiny SVD-XT pipeline on onnxruntime against diffusers) is in test_svd.py."""
+from __future__ import annotations
+
+import json
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import nn, ops
+
+from video_aot.export.graphs import GraphSpec, TensorSpec
+from video_aot.export.writer import write_export
+from video_aot.models.layers import gelu
+from video_aot.models.svd import TemporalResnetBlock
+from video_aot.runtime.backends import MindSporeBackend, make_backend
+from video_aot.runtime.manifest import ExportInvalid, sha256_file, verify_export
+
+X = TensorSpec("x", (1, 32, 3, 20))  # [B, C, F, H*W]
+
+
+class Block(nn.Cell):
+    def __init__(self):
+        super().__init__()
+        self.block = TemporalResnetBlock(32, 32, None, 1e-6)
+
+    def construct(self, x):
+        return gelu(self.block(x))
+
+
+class Signed(nn.Cell):
+    def construct(self, x):
+        return ops.sign(x) * x
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    ms.set_seed(0)
+    block = Block()
+    for p in block.get_parameters():  # norms' affines and biases away from their init
+        p.set_data(p + ms.Tensor(np.random.default_rng(0).standard_normal(p.shape).astype(np.float32) * 0.1))
+    graphs = [(GraphSpec("block", (X,), (TensorSpec("y", X.shape),)), lambda: block),
+              (GraphSpec("signed", (X,), (TensorSpec("y", X.shape),)), Signed)]
+    manifest = {"family": "svd", "pipeline": "StableVideoDiffusionPipeline", "shapes": {}, "export_key": "test"}
+    out = write_export(tmp_path_factory.mktemp("onnx") / "e", graphs, manifest, log=lambda *a: None, onnx=True)
+    return out, block
+
+
+def test_onnx_files_are_listed_checked_and_fixed(export):
+    out, _ = export
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = manifest["graphs"]["block"]["onnx"]
+    assert entry["file"] == "block.onnx" and manifest["files"]["block.onnx"] == sha256_file(out / "block.onnx")
+    assert entry["erf"] == 1 and entry["conv_pads"] == 2 and max(entry["rel_l2_vs_mindir"]) < 1e-5
+    # the graph the exporter cannot take is named with the exporter's reason, and leaves no file
+    assert list(manifest["onnx_unavailable"]) == ["signed"]
+    assert "Sign" in manifest["onnx_unavailable"]["signed"]
+    assert "onnx" not in manifest["graphs"]["signed"] and not (out / "signed.onnx").exists()
+
+
+def test_onnxruntime_runs_the_layers_as_mindspore(export):
+    out, block = export
+    x = np.random.default_rng(1).standard_normal(X.shape).astype(np.float32)
+    graph = make_backend("onnxruntime").load(out / "block.onnx")
+    assert graph.input_names == ["x"] and graph.input_shapes == [X.shape]
+    (ours,) = graph(x)
+    (mindir,) = MindSporeBackend().load(out / "block.mindir")(x)
+    expected = block(ms.Tensor(x)).asnumpy()
+    assert np.abs(ours - expected).max() <= 1e-5 * np.abs(expected).max()
+    assert np.abs(mindir - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_a_modified_onnx_file_is_refused(export, tmp_path):
+    import shutil
+
+    copy = tmp_path / "e"
+    shutil.copytree(export[0], copy)
+    (copy / "block.onnx").chmod(0o644)
+    with open(copy / "block.onnx", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ExportInvalid, match="checksum mismatch for block.onnx"):
+        verify_export(copy)
