@@ -22,6 +22,13 @@ N/H/W = pixels):
                  denormalisation (latents_mean/std, scaling_factor), the pipelines' decode-noise
                  mixing and the whole latent video in one call (diffusers' default: no tiling, no
                  framewise decoding). Every noise tensor is an input, drawn by the runtime.
+  vae_decoder_<T>_<th>x<tw>  the same inputs for one latent tile [B,C',T,th,tw] (tiling= exports):
+                 one graph per distinct tile of vae.enable_tiling() (spatial tiles, tile_sample_min_*
+                 / tile_sample_stride_* height and width) and/or vae.use_framewise_decoding (temporal
+                 tiles of tile_sample_min_num_frames every tile_sample_stride_num_frames), diffusers'
+                 defaults 512/448 pixels and 16/8 frames unless the export options say otherwise. The
+                 runtime mixes nothing across tiles: it slices the latents and the decode noise, draws
+                 each tile's injected maps and blends the decoded tiles as diffusers does.
   vae_encoder    video[1,3,1,H,W] noise[1,C',1,h,w]        -> latents[1,C',1,h,w]
                  (image-to-video) the posterior sample mean + std * noise, normalised as
                  LTXImageToVideoPipeline.prepare_latents does (scaling_factor 1); one image per call,
@@ -38,11 +45,20 @@ from video_aot.models.loading import config_from_dict
 from video_aot.models.ltx import LTXVideoTransformerConfig
 from video_aot.models.ltx_vae import AutoencoderKLLTXVideoConfig, decode_input_specs
 
+from video_aot.runtime.vae import decode_tile_shapes
+
 from .components import Components
 from .graphs import GraphSpec, TensorSpec, guided, relax_tolerance, t5_text_encoder
 
 PIPELINES = ("LTXPipeline", "LTXImageToVideoPipeline")
 MAX_SEQUENCE_LENGTH = 128  # diffusers' LTX pipelines' default
+# AutoencoderKLLTXVideo's tile sizes (what enable_tiling() keeps for the arguments it is not given)
+TILE_DEFAULTS = {"tile_sample_min_height": 512, "tile_sample_min_width": 512, "tile_sample_min_num_frames": 16,
+                 "tile_sample_stride_height": 448, "tile_sample_stride_width": 448, "tile_sample_stride_num_frames": 8}
+# the VAE switches (use_tiling, use_framewise_decoding) a tiling= export has tile graphs for: "spatial" is
+# vae.enable_tiling(), "framewise" vae.use_framewise_decoding = True, "spatial+framewise" both at once
+# (temporal tiles each decoded in spatial tiles); True means "spatial". Untiled decoding always works.
+TILING_MODES = {"spatial": (True, False), "framewise": (False, True), "spatial+framewise": (True, True)}
 
 
 # ----------------------------------------------------------------------------- wrapper cells
@@ -134,6 +150,39 @@ def check_request_shapes(frames: int, height: int, width: int, batch: int, spati
     return f, h, w
 
 
+def tile_config(tiling, sizes: dict, spatial: int, temporal: int):
+    """(tiling mode or None, diffusers' six tile sizes) for the export options ``tiling`` and
+    ``tile_sample_*``; sizes left at None keep AutoencoderKLLTXVideo's defaults."""
+    if tiling is True:
+        tiling = "spatial"
+    if tiling in (None, False):
+        given = sorted(k for k, v in sizes.items() if v is not None)
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to an export with tiling= "
+                             f"(one of {', '.join(TILING_MODES)})")
+        return None, dict(TILE_DEFAULTS)
+    if tiling not in TILING_MODES:
+        raise ValueError(f"tiling={tiling!r}; choose one of {', '.join(TILING_MODES)} (True means 'spatial', "
+                         "diffusers' vae.enable_tiling(); 'framewise' is vae.use_framewise_decoding = True)")
+    tiles = {k: (v if sizes.get(k) is None else sizes[k]) for k, v in TILE_DEFAULTS.items()}
+    for k, v in tiles.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{k} must be a positive integer (pixels or frames), got {v!r}")
+    for axis, ratio in (("height", spatial), ("width", spatial), ("num_frames", temporal)):
+        tile, stride = tiles[f"tile_sample_min_{axis}"], tiles[f"tile_sample_stride_{axis}"]
+        if stride > tile:
+            raise ValueError(f"tile_sample_stride_{axis}={stride} is larger than tile_sample_min_{axis}={tile}: the "
+                             "tiles would leave gaps")
+        if stride < ratio:
+            raise ValueError(f"tile_sample_stride_{axis}={stride} is less than one latent step (the VAE compresses "
+                             f"{axis} by {ratio}); diffusers' tile loop would not advance")
+    return tiling, tiles
+
+
+def decoder_graph_name(t: int, th: int, tw: int) -> str:
+    return f"vae_decoder_{t}_{th}x{tw}"
+
+
 def decoded_frames(vcfg: AutoencoderKLLTXVideoConfig, latent_frames: int) -> int:
     """Frames the decoder gives for ``latent_frames`` (each temporal upsampler doubles and drops one)."""
     return (latent_frames - 1) * vcfg.temporal_ratio + 1 if vcfg.patch_size_t == 1 else \
@@ -143,13 +192,20 @@ def decoded_frames(vcfg: AutoencoderKLLTXVideoConfig, latent_frames: int) -> int
 # ----------------------------------------------------------------------------- plan
 def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: int, batch: int = 1,
          dtype: str = "fp32", decode_chunk_size: int | None = None, variant: str | None = None,
-         max_sequence_length: int | None = None, image_to_video: bool | None = None):
+         max_sequence_length: int | None = None, image_to_video: bool | None = None, tiling: bool | str | None = None,
+         tile_sample_min_height: int | None = None, tile_sample_min_width: int | None = None,
+         tile_sample_min_num_frames: int | None = None, tile_sample_stride_height: int | None = None,
+         tile_sample_stride_width: int | None = None, tile_sample_stride_num_frames: int | None = None):
     """(graphs, manifest fields) for an LTX-Video export. ``frames`` is diffusers' ``num_frames``.
     ``max_sequence_length``: the static text length (diffusers' default 128). ``image_to_video``
     adds the VAE encoder and the per-token-timestep transformer so that the export serves
     LTXImageToVideoPipeline (default: for an LTXImageToVideoPipeline snapshot; the published
     Lightricks/LTX-Video snapshot names LTXPipeline, so pass image_to_video=True for I2V). An
-    image-to-video export serves text-to-video too (every token at the step's timestep)."""
+    image-to-video export serves text-to-video too (every token at the step's timestep).
+    ``tiling``: add the decoder graphs of diffusers' tiled decode: "spatial" (or True) for
+    vae.enable_tiling(), "framewise" for vae.use_framewise_decoding, "spatial+framewise" for both
+    at once; ``tile_sample_*`` are enable_tiling()'s arguments (pixels and frames; default 512/448
+    and 16/8). The runtime's enable_tiling() / enable_framewise_decoding() then decode tile by tile."""
     comp = Components(Path(snapshot), None if weights is None else Path(weights), variant, dtype)
     pipeline = comp.index()["_class_name"]
     if pipeline not in PIPELINES:
@@ -206,6 +262,28 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     graphs.append((GraphSpec("vae_decoder", dec_inputs, (TensorSpec("frames", (batch, 3, out_frames, height, width)),),
                              dummy_overrides=dec_overrides),
                    lambda: VaeDecode(comp.load("vae"), float(vcfg.scaling_factor), conditioned)))
+    # the tiles of each VAE switch state the export serves, one graph per shape (the whole video's is vae_decoder)
+    mode, tiles = tile_config(tiling, {"tile_sample_min_height": tile_sample_min_height,
+                                       "tile_sample_min_width": tile_sample_min_width,
+                                       "tile_sample_min_num_frames": tile_sample_min_num_frames,
+                                       "tile_sample_stride_height": tile_sample_stride_height,
+                                       "tile_sample_stride_width": tile_sample_stride_width,
+                                       "tile_sample_stride_num_frames": tile_sample_stride_num_frames},
+                              spatial, temporal)
+    decoders = {"vae_decoder": [f, h, w]}
+    if mode is not None:
+        for t, th, tw in decode_tile_shapes(f, h, w, tiles, spatial, temporal, *TILING_MODES[mode]):
+            if (t, th, tw) != (f, h, w):
+                decoders[decoder_graph_name(t, th, tw)] = [t, th, tw]
+    for name, (t, th, tw) in decoders.items():
+        if name == "vae_decoder":
+            continue
+        graphs.append((GraphSpec(name, tuple(TensorSpec(n, shape) for n, shape in decode_input_specs(vcfg, batch, t,
+                                                                                                       th, tw)),
+                                 (TensorSpec("frames", (batch, 3, decoded_frames(vcfg, t), th * spatial,
+                                                        tw * spatial)),),
+                                 dummy_overrides=dec_overrides),
+                       lambda: VaeDecode(comp.load("vae"), float(vcfg.scaling_factor), conditioned)))
     if i2v:
         graphs.append((GraphSpec("vae_encoder", (TensorSpec("video", (1, 3, 1, height, width)),
                                                  TensorSpec("noise", (1, latent, 1, h, w))),
@@ -231,6 +309,9 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
         "vae_timestep_conditioning": conditioned,
         "decoder_noise": [{"name": s.name, "shape": list(s.shape)} for s in dec_inputs
                           if s.name not in ("latents", "timestep", "decode_noise_scale", "decode_noise")],
+        "vae_decoders": decoders,  # graph -> the latent tile [frames, height, width] it decodes
+        "vae_tiling": tiles,  # diffusers' tile_sample_min_* / tile_sample_stride_* the tile graphs were cut for
+        "vae_tiling_mode": mode,  # None: no tile graphs
         "scheduler": scheduler,
         **text_fields,
         "components": raw,

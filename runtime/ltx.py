@@ -10,6 +10,12 @@ Randomness: one numpy generator (``seed=`` or ``generator=``) supplies, in diffu
 VAE posterior samples of the conditioning images (I2V), the initial latents, and at decode time
 the decode noise (timestep-conditioned VAEs) followed by the decoder's injected noise maps (which
 diffusers draws with torch.randn inside the VAE resnets).
+
+Tiled decoding (exports made with tiling=): ``enable_tiling()`` is diffusers' vae.enable_tiling()
+(spatial tiles) and ``enable_framewise_decoding()`` its ``vae.use_framewise_decoding = True``
+(temporal tiles); both run on runtime/vae.py's framewise_decode, one decoder graph per tile shape.
+The decode noise is drawn for the whole latent video and sliced with it; each tile's decoder call
+draws its own injected maps, in diffusers' tile order.
 """
 from __future__ import annotations
 
@@ -22,9 +28,13 @@ from .image import OUTPUT_TYPES, as_image_list, postprocess_video, vae_image_inp
 from .manifest import ExportInvalid, ShapeMismatch
 from .schedulers import FLOW_MATCH_CLASS_NAMES, make_scheduler
 from .text import T5PromptMixin
+from .vae import decode_tile_shapes, framewise_decode
 
 
 F32 = np.float32
+TILE_ARGUMENTS = ("tile_sample_min_height", "tile_sample_min_width", "tile_sample_min_num_frames",
+                  "tile_sample_stride_height", "tile_sample_stride_width", "tile_sample_stride_num_frames")
+DECODE_INPUTS = ("latents", "timestep", "decode_noise_scale", "decode_noise")  # the rest are injected noise maps
 
 
 def pack_latents(latents, p: int = 1, pt: int = 1):
@@ -60,6 +70,71 @@ class _LTXBase(T5PromptMixin, ExportedPipeline):
     request_limits = {"num_inference_steps": (2, 500), "guidance_scale": (0.0, 50.0), "guidance_rescale": (0.0, 1.0), "frame_rate": (1, 240),
                       "decode_timestep": (0.0, 1.0), "decode_noise_scale": (0.0, 1.0)}
 
+    def __init__(self, export, backend):
+        super().__init__(export, backend)
+        for name in self.manifest.get("vae_decoders", {}):
+            if name not in self.graphs:
+                self.load_graph(name)
+        self.use_tiling = False
+        self.use_framewise_decoding = False
+
+    # ------------------------------------------------------------------ diffusers' VAE switches
+    def enable_tiling(self, tile_sample_min_height: int | None = None, tile_sample_min_width: int | None = None,
+                      tile_sample_min_num_frames: int | None = None, tile_sample_stride_height: int | None = None,
+                      tile_sample_stride_width: int | None = None, tile_sample_stride_num_frames: int | None = None):
+        """vae.enable_tiling(): decode in spatial tiles. The tile sizes are the export's (export options
+        tiling= and tile_sample_*); sizes given here must be those."""
+        asked = dict(zip(TILE_ARGUMENTS, (tile_sample_min_height, tile_sample_min_width, tile_sample_min_num_frames,
+                                          tile_sample_stride_height, tile_sample_stride_width,
+                                          tile_sample_stride_num_frames)))
+        tiles = self._tiles()
+        other = {k: v for k, v in asked.items() if v is not None and v != tiles[k]}
+        if other:
+            raise ValueError(f"{self.export.root}: the decoder tiles were exported for "
+                             f"{ {k: tiles[k] for k in other} }, not {other}; re-export with those tile_sample_* "
+                             "export options")
+        self._check_switch("spatial", True, False)
+        self.use_tiling = True
+
+    def disable_tiling(self):
+        self.use_tiling = False
+
+    def enable_framewise_decoding(self):
+        """diffusers' ``vae.use_framewise_decoding = True``: decode in temporal tiles of
+        tile_sample_min_num_frames every tile_sample_stride_num_frames (the export's), blended."""
+        self._check_switch("framewise", False, True)
+        self.use_framewise_decoding = True
+
+    def disable_framewise_decoding(self):
+        self.use_framewise_decoding = False
+
+    def _tiles(self) -> dict:
+        tiles = self.manifest.get("vae_tiling")
+        if tiles is None:
+            raise ExportInvalid(f"{self.export.root}: this export predates tiled decoding (no vae_tiling in its "
+                                "manifest); re-export, with tiling='spatial', 'framewise' or 'spatial+framewise'")
+        return tiles
+
+    def _check_switch(self, kind: str, use_tiling: bool, use_framewise: bool):
+        """Refuse a switch that changes how these latents decode on an export without its tile graphs
+        (the state of both switches together is checked when a call starts)."""
+        if kind not in (self.manifest.get("vae_tiling_mode") or "").split("+"):
+            self._check_tile_graphs(use_tiling, use_framewise)
+
+    def _check_tile_graphs(self, use_tiling: bool, use_framewise: bool):
+        """Refuse a switch state whose tiles have no decoder graph in this export."""
+        m = self.manifest
+        exported = {tuple(v) for v in m["vae_decoders"].values()}
+        needed = decode_tile_shapes(*m["latent_grid"], self._tiles(), m["vae_spatial_compression_ratio"],
+                                    m["vae_temporal_compression_ratio"], use_tiling, use_framewise)
+        missing = [s for s in needed if s not in exported]
+        if missing:
+            state = "+".join(n for n, on in (("spatial", use_tiling), ("framewise", use_framewise)) if on)
+            raise ExportInvalid(f"{self.export.root}: {state} tiled decoding of the {m['latent_grid']} latent video "
+                                f"needs decoder graphs for the latent tiles {missing} (frames, height, width), which "
+                                f"this export does not have (it was exported with tiling="
+                                f"{m.get('vae_tiling_mode')!r}); re-export with tiling='{state}'")
+
     # ------------------------------------------------------------------ requests
     def example_request(self) -> dict:
         return {**super().example_request(), "num_inference_steps": 2}
@@ -85,6 +160,8 @@ class _LTXBase(T5PromptMixin, ExportedPipeline):
         self.check_frames(num_frames)
         self.check_number("num_inference_steps", num_inference_steps, minimum=1, integer=True)
         self.check_number("num_videos_per_prompt", num_videos_per_prompt, minimum=1, integer=True)
+        if self.use_tiling or self.use_framewise_decoding:  # before denoising, not at decode time
+            self._check_tile_graphs(self.use_tiling, self.use_framewise_decoding)
         if timesteps is not None:
             # diffusers' retrieve_timesteps refuses timesteps= next to the sigmas these pipelines always pass
             raise ValueError("Only one of `timesteps` or `sigmas` can be passed. Please choose one to set custom "
@@ -198,13 +275,14 @@ class _LTXBase(T5PromptMixin, ExportedPipeline):
 
     def decode_latents(self, latents, decode_timestep, decode_noise_scale, rng):
         """Packed latents [B, S, C] -> frames [B, 3, N, H, W] in [-1, 1]. Timestep-conditioned VAEs:
-        the decode noise is drawn first, then the decoder's injected maps, as diffusers does."""
+        the decode noise is drawn first, then the decoder's injected maps, as diffusers does; tiled
+        (enable_tiling / enable_framewise_decoding) each tile's graph call draws its own maps."""
         m = self.manifest
         f, h, w = m["latent_grid"]
         p, pt = m["patch_size"], m["patch_size_t"]
         z = unpack_latents(latents, f // pt, h // p, w // p, p, pt)  # [B, C, F, h, w]
-        batch = z.shape[0]
-        inputs = {"latents": z}
+        batch, channels = z.shape[:2]
+        fixed = {}
         if m["vae_timestep_conditioning"]:
             noise = rng.standard_normal(z.shape, dtype=F32)
             if not isinstance(decode_timestep, (list, tuple)):
@@ -215,13 +293,31 @@ class _LTXBase(T5PromptMixin, ExportedPipeline):
                 decode_noise_scale = [decode_noise_scale] * batch
             if len(decode_timestep) != batch or len(decode_noise_scale) != batch:
                 raise ValueError(f"decode_timestep / decode_noise_scale lists need one value per video ({batch})")
-            inputs.update(timestep=np.asarray(decode_timestep, F32), decode_noise_scale=np.asarray(decode_noise_scale,
-                                                                                                   F32),
-                          decode_noise=noise)
-        for spec in m["decoder_noise"]:
-            inputs[spec["name"]] = rng.standard_normal(tuple(spec["shape"]), dtype=F32)
-        with self.timed("vae_decode"):
-            return self.graphs["vae_decoder"](**inputs)[0]
+            fixed = {"timestep": np.asarray(decode_timestep, F32),
+                     "decode_noise_scale": np.asarray(decode_noise_scale, F32)}
+            z = np.concatenate([z, noise], 1)  # the noise is sliced into tiles with the latents it mixes into
+        by_shape = {tuple(v): k for k, v in m.get("vae_decoders", {"vae_decoder": [f, h, w]}).items()}
+
+        def decode(tile):
+            # tile: [B, C (+ C decode noise), T, th, tw] -> frames [B, 3, N', th * ratio, tw * ratio]
+            name = by_shape.get(tuple(tile.shape[2:]))
+            if name is None:
+                raise ExportInvalid(f"{self.export.root}: no decoder graph for a latent tile of {tuple(tile.shape[2:])}"
+                                    f" (frames, height, width); exported tiles: {sorted(by_shape)}")
+            inputs = {"latents": tile[:, :channels], **fixed}
+            if fixed:
+                inputs["decode_noise"] = tile[:, channels:]
+            for spec in m.graph_entries[name].inputs:
+                if spec.name not in DECODE_INPUTS:
+                    inputs[spec.name] = rng.standard_normal(tuple(spec.shape), dtype=F32)
+            with self.timed("vae_decode"):
+                return self.graphs[name](**{k: np.ascontiguousarray(v) for k, v in inputs.items()})[0]
+
+        if not (self.use_tiling or self.use_framewise_decoding):
+            return decode(z)
+        return framewise_decode(z, decode, self._tiles(), m["vae_spatial_compression_ratio"],
+                                m["vae_temporal_compression_ratio"], self.use_tiling, self.use_framewise_decoding,
+                                drop_frame="last")
 
     def _finish(self, latents, output_type, return_dict, decode_timestep, decode_noise_scale, rng):
         if output_type == "latent":
@@ -329,6 +425,12 @@ class LTXImageToVideoPipeline(_LTXBase):
         if latents is not None:
             latents = self.check_latents(latents, shape)
         else:
+            tiles = m.get("vae_tiling")
+            if self.use_tiling and (height > tiles["tile_sample_min_height"] or width > tiles["tile_sample_min_width"]):
+                raise NotImplementedError(
+                    f"after enable_tiling() diffusers encodes a {height}x{width} image in spatial tiles (larger than "
+                    f"one {tiles['tile_sample_min_height']}x{tiles['tile_sample_min_width']} tile); this runtime's "
+                    "image encoder graph codes the whole image: disable_tiling() or pass latents=")
             images = as_image_list(image)
             if len(images) not in (1, batch):
                 raise ValueError(f"got {len(images)} images for {batch} videos; pass one image, or one per video")

@@ -46,6 +46,16 @@ SCHEDULER = {  # Lightricks/LTX-Video scheduler_config.json
 }
 COMMON = dict(num_inference_steps=2, output_type="np", max_sequence_length=MAX_LENGTH)
 T2V_SHAPES = ((9, 32, 32), (17, 32, 32), (9, 32, 64))  # two frame counts, one non-square size
+# vae.enable_tiling() arguments small enough to cut the tiny latents into tiles in space (one axis each, to keep
+# the graph count at 4) and, with use_framewise_decoding, in time; the two exports below carry their graphs.
+# 0.9.0 (x4 / x4), 17 frames at 32x32 -> latents 5 x 8 x 8: temporal tiles of 4 and 2 latent frames (every 3,
+# blended over 3 frames), rows of 4 and 2 latent pixels (every 3, blended over 4 pixels)
+TILES_090 = dict(tile_sample_min_height=16, tile_sample_stride_height=12, tile_sample_min_width=32,
+                 tile_sample_stride_width=32, tile_sample_min_num_frames=15, tile_sample_stride_num_frames=12)
+# 0.9.1 (x8 / x8), 9 frames at 32x32 -> latents 2 x 4 x 4: temporal tiles of 2 and 1 latent frames (every 1,
+# blended over 7 frames), columns of 2 and 1 latent pixels (every 1, blended over 8 pixels)
+TILES_091 = dict(tile_sample_min_height=32, tile_sample_stride_height=32, tile_sample_min_width=16,
+                 tile_sample_stride_width=8, tile_sample_min_num_frames=15, tile_sample_stride_num_frames=8)
 
 
 def ltx_pipeline(vae_config, seed=0):
@@ -117,14 +127,16 @@ def exports(snapshots, tmp_path_factory):
     out = {}
     quiet = dict(log=lambda *a: None, max_sequence_length=MAX_LENGTH)
     for frames, height, width in T2V_SHAPES:
+        tiled = dict(tiling="spatial+framewise", **TILES_090) if frames == 17 else {}  # untiled calls work too
         out[("t2v", frames, height, width)] = export_model(
             str(snapshots["090"][0]), str(root / f"t2v-{frames}-{height}x{width}"), frames=frames, height=height,
-            width=width, **quiet)
+            width=width, **tiled, **quiet)
     out["i2v"] = export_model(str(snapshots["090"][0]), str(root / "i2v"), frames=9, height=32, width=32,
                               image_to_video=True, **quiet)
     out["batch2"] = export_model(str(snapshots["090"][0]), str(root / "batch2"), frames=9, height=32, width=32,
                                  batch=2, **quiet)
-    out["091"] = export_model(str(snapshots["091"][0]), str(root / "091"), frames=9, height=32, width=32, **quiet)
+    out["091"] = export_model(str(snapshots["091"][0]), str(root / "091"), frames=9, height=32, width=32,
+                              tiling="spatial+framewise", **TILES_091, **quiet)
     return out
 
 
@@ -221,6 +233,71 @@ def test_091_vae_timestep_conditioning_and_noise_matches_diffusers(snapshots, ex
     expected = ref(latents=torch.tensor(latents), **kwargs).frames
     got = ours(latents=latents, seed=13, **kwargs).frames
     _compare("0.9.1 vae", got, expected)
+
+
+@pytest.mark.parametrize("kind", ["090", "091"])
+def test_tiled_decode_matches_diffusers(snapshots, exports, monkeypatch, kind):
+    """vae.enable_tiling(<small tiles>) with vae.use_framewise_decoding = True: the latents decode in
+    temporal tiles, each in spatial tiles (one graph per tile shape), blended as diffusers'
+    _temporal_tiled_decode / tiled_decode; 0.9.1 also mixes the decode noise (sliced with the latents)
+    and draws each tile's injected maps in diffusers' order."""
+    from video_aot.runtime.vae import decode_tile_shapes
+
+    _, ref = snapshots[kind]
+    tiles, frames, ratio = (TILES_090, 17, 4) if kind == "090" else (TILES_091, 9, 8)
+    ours = load_pipeline(exports[("t2v", 17, 32, 32) if kind == "090" else "091"], backend="mindspore")
+    m = ours.manifest
+    assert m["vae_tiling_mode"] == "spatial+framewise" and m["export_options"]["tile_sample_min_height"] == \
+        tiles["tile_sample_min_height"]
+    shapes = decode_tile_shapes(*m["latent_grid"], m["vae_tiling"], ratio, ratio, True, True)
+    assert len({s[0] for s in shapes}) == 2 and len({s[1:] for s in shapes}) == 2 and len(m["vae_decoders"]) == 5
+    latents = _packed_latents(frames, 32, 32, ratio=ratio, seed=7)
+    extra = dict(decode_timestep=0.05, decode_noise_scale=0.025) if kind == "091" else {}
+    kwargs = dict(COMMON, prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=frames, height=32, width=32,
+                  guidance_scale=3.0, **extra)
+    ref.vae.enable_tiling(**tiles)
+    ref.vae.use_framewise_decoding = True
+    try:
+        shared_noise(monkeypatch, seed=21)
+        expected = np.asarray(ref(latents=torch.tensor(latents), **kwargs).frames)
+    finally:
+        ref.vae.disable_tiling()
+        ref.vae.use_framewise_decoding = False
+    ours.enable_tiling(**tiles)
+    ours.enable_framewise_decoding()
+    got = ours(latents=latents, seed=21, **kwargs).frames
+    calls = len(ours.timings["vae_decode"])
+    _compare(f"tiled decode {kind} ({calls} tile calls)", got, expected)
+    assert calls == (6 if kind == "090" else 8)
+    ours.disable_tiling()
+    ours.disable_framewise_decoding()
+    untiled = ours(latents=latents, seed=21, **kwargs).frames
+    assert np.abs(untiled - expected).max() > 1e-2  # the tiles' seams and noise are really there
+    # one switch alone needs tiles this export has no graphs for: refused before denoising
+    ours.enable_framewise_decoding()
+    with pytest.raises(ExportInvalid, match="framewise tiled decoding .* re-export with tiling='framewise'"):
+        ours(latents=latents, seed=21, **kwargs)
+
+
+def test_tiling_requests_the_export_cannot_serve_are_refused(exports):
+    pipe = load_pipeline(exports[("t2v", 9, 32, 32)], backend="mindspore")
+    assert pipe.manifest["vae_tiling_mode"] is None and list(pipe.manifest["vae_decoders"]) == ["vae_decoder"]
+    pipe.enable_tiling()  # 32x32 is inside one of diffusers' default 512-pixel tiles: decoded whole, as diffusers
+    with pytest.raises(ValueError, match="tiles were exported for .*tile_sample_min_width.: 512.*re-export"):
+        pipe.enable_tiling(tile_sample_min_width=16)
+    tiled = load_pipeline(exports[("t2v", 17, 32, 32)], backend="mindspore")
+    with pytest.raises(ValueError, match="tile_sample_stride_height.: 12.*not .*8"):
+        tiled.enable_tiling(tile_sample_stride_height=8)
+    from video_aot.export.ltx import tile_config
+
+    with pytest.raises(ValueError, match="only apply to an export with tiling="):
+        tile_config(None, {"tile_sample_min_width": 64}, 32, 8)
+    with pytest.raises(ValueError, match="choose one of spatial, framewise, spatial"):
+        tile_config("both", {}, 32, 8)
+    with pytest.raises(ValueError, match="tile_sample_stride_width=600 is larger"):
+        tile_config(True, {"tile_sample_stride_width": 600}, 32, 8)
+    with pytest.raises(ValueError, match="less than one latent step"):
+        tile_config("framewise", {"tile_sample_stride_num_frames": 4}, 32, 8)
 
 
 def test_shapes_not_exported_are_refused(exports):
