@@ -60,7 +60,7 @@ def load_motion_unet(comps: Components, frames: int):
     if kind == "unet_motion":
         return comps.load("unet", num_frames=frames)
     cell, _ = load_unet_motion(comps.folder("unet"), comps.folder("motion_adapter"), variant=comps.variant,
-                               dtype=comps.dtype, random_weights=comps.weights is None, num_frames=frames)
+                               dtype=comps.dtype_of("unet"), random_weights=comps.weights is None, num_frames=frames)
     return cell
 
 

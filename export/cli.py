@@ -25,7 +25,11 @@ def main(argv=None) -> int:
     parser.add_argument("--width", type=int, required=True)
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
     parser.add_argument("--batch", type=int, default=1, help="videos per call (static); default 1")
-    parser.add_argument("--dtype", choices=DTYPES, default="fp32")
+    parser.add_argument("--dtype", default=None, metavar="DTYPE | COMPONENT=DTYPE,...",
+                        help=f"weights dtype, one of {', '.join(DTYPES)} (or float32, float16, bfloat16): one for "
+                             "every graph, or per component, e.g. transformer=bf16,text_encoder=fp16,vae=fp16 "
+                             "(components not named stay fp32). Default: the preset's dtype_plan when it has one, "
+                             "else fp32. Graph inputs and outputs stay float32")
     parser.add_argument("--decode-chunk-size", type=int, default=None,
                         help="frames per VAE decode call (default: all frames at once, as diffusers)")
     parser.add_argument("--weights", default=None, help="folder holding the weights (snapshot layout)")

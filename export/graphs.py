@@ -10,6 +10,8 @@ from mindspore import nn, ops
 
 from video_aot.models.loading import read_json
 
+from .components import graph_dtype
+
 from video_aot.runtime.manifest import TensorSpec  # noqa: F401  (the one definition, shared with the runtime)
 
 
@@ -21,6 +23,9 @@ class GraphSpec:
     tolerance: float = 1e-4  # relative L2 of the exported graph against the eager cell (fp32)
     # fixed values for inputs that must not be random (e.g. timestep ranges); name -> array
     dummy_overrides: dict = field(default_factory=dict, compare=False, hash=False)
+    # the compute dtype of the graph's weights (its component's in the export's dtype plan); the inputs and
+    # outputs keep their own dtypes (float32 and int32: the networks cast inside the graph)
+    dtype: str = "fp32"
 
     def dummy_inputs(self, seed: int = 0) -> list:
         rng = np.random.default_rng(seed)
@@ -39,6 +44,7 @@ class GraphSpec:
             "inputs": [t.to_json() for t in self.inputs],
             "outputs": [t.to_json() for t in self.outputs],
             "tolerance": self.tolerance,
+            "dtype": self.dtype,
         }
 
 
@@ -61,10 +67,14 @@ class VaeDecode(nn.Cell):
         return self.vae.decode(latents * self.inv_scale)
 
 
-def relax_tolerance(graphs, dtype: str, tolerance: float = 2e-2):
-    """Half-precision exports are validated against the eager network with a looser tolerance."""
-    if dtype != "fp32":
-        for spec, _ in graphs:
+def relax_tolerance(graphs, dtype, tolerance: float = 2e-2):
+    """Record each graph's compute dtype under ``dtype`` (one dtype, or a plan {component: dtype}; see
+    components.graph_dtype) on its spec; half-precision graphs are validated against the eager network
+    with a looser tolerance."""
+    for spec, _ in graphs:
+        graph = graph_dtype(spec.name, dtype)
+        object.__setattr__(spec, "dtype", graph)
+        if graph != "fp32":
             object.__setattr__(spec, "tolerance", tolerance)
 
 

@@ -48,9 +48,6 @@ CLIP_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "sp
                         "tokenizer.json")
 DEFAULT_CROP_START = 95  # diffusers' DEFAULT_PROMPT_TEMPLATE["crop_start"]
 CLIP_MAX_LENGTH = 77  # HunyuanVideoPipeline._get_clip_prompt_embeds' fixed max_sequence_length
-# the dtype of each component in the published recipe (HunyuanVideoPipeline's example: the transformer
-# in bf16, the rest in fp16); the export CLI takes one dtype for every graph today
-DTYPE_PLAN = {"transformer": "bf16", "text_encoder": "fp16", "text_encoder_2": "fp16", "vae": "fp16"}
 
 
 # ----------------------------------------------------------------------------- wrapper cells
@@ -209,7 +206,6 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     manifest = {
         "pipeline": pipeline,
         "dtype": dtype,
-        "dtype_plan": DTYPE_PLAN,
         "shapes": {"batch": batch, "num_frames": frames, "height": height, "width": width,
                    "max_sequence_length": max_length},
         "latent_shape": [latent, f, h, w],  # one sample's latents, axes named by latent_layout

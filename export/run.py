@@ -5,11 +5,10 @@ import inspect
 from pathlib import Path
 from typing import Optional
 
-from video_aot.models.loading import check_dtype
-
 from video_aot.runtime.families import family_for_pipeline
 
-from .sources import Source, resolve
+from .components import component_of, graph_dtype, network_components, parse_dtype
+from .sources import Source, presets, resolve
 from .writer import export_key, write_export
 
 
@@ -23,18 +22,64 @@ def _weights_fingerprint(folder: Optional[Path]) -> list:
     )
 
 
-def export_model(model: str, out: str, frames: int, height: int, width: int, batch: int = 1, dtype: str = "fp32",
+def _dtype_plan(dtype, source: Source):
+    """(``dtype`` parsed: one dtype name or {component: dtype}, where it came from). None takes the
+    preset's dtype_plan (preset.json) when it has one, else fp32."""
+    if dtype is None:
+        meta = presets().get(source.preset) if source.preset else None
+        if meta and meta.get("dtype_plan"):
+            where = f"preset {source.preset}'s dtype_plan"
+            try:
+                return parse_dtype(meta["dtype_plan"]), where
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
+        return "fp32", "--dtype"
+    return parse_dtype(dtype), "--dtype"
+
+
+def _graph_dtypes(graphs, dtype, components: tuple, plan_dtype, pipeline: str, where: str) -> dict:
+    """{component: dtype} of the components the export's graphs are traced from; a plan that names a
+    component no graph comes from is refused, and so is a family plan that did not record each graph's
+    dtype (graphs.relax_tolerance)."""
+    used = {}
+    for spec, _ in graphs:
+        component = component_of(spec.name, components)
+        expected = graph_dtype(spec.name, plan_dtype)
+        if spec.dtype != expected:
+            raise RuntimeError(f"the {pipeline} plan left graph {spec.name} at dtype {spec.dtype}, its component's is "
+                               f"{expected}: the family plan must call graphs.relax_tolerance(graphs, dtype)")
+        if component is not None:
+            used[component] = expected
+    if isinstance(dtype, dict):
+        unknown = sorted(set(dtype) - set(used))
+        if unknown:
+            raise ValueError(f"{where} names {unknown}, which no graph of this {pipeline} export is traced from; its "
+                             f"components are {sorted(used)}")
+    return dict(sorted(used.items()))
+
+
+def export_model(model: str, out: str, frames: int, height: int, width: int, batch: int = 1, dtype=None,
                  decode_chunk_size: Optional[int] = None, weights: Optional[str] = None, random_weights: bool = False,
                  force: bool = False, variant: Optional[str] = None, validate: bool = False, log=print,
                  dry_run: bool = False, onnx: bool = False, **options):
     """``options``: family-specific export options passed to the family's plan (e.g. the t2v
     family's ``forward_chunking="1:1"``); options left at None are not passed. ``onnx``: also write
-    an ONNX file next to each MindIR graph the ONNX exporter can take (export/onnx.py)."""
+    an ONNX file next to each MindIR graph the ONNX exporter can take (export/onnx.py).
+
+    ``dtype``: one dtype for every graph ("fp32", "fp16", "bf16"), or a per-component plan
+    ("transformer=bf16,text_encoder=fp16,vae=fp16", or a dict); components a plan does not name are fp32.
+    None takes the preset's dtype_plan when it has one, else fp32. Each graph is traced with its
+    component's weights in that dtype; its inputs and outputs stay float32/int32."""
     import mindspore as ms
 
-    check_dtype(dtype)
+    if dtype is not None:
+        parse_dtype(dtype)  # a malformed --dtype is refused before anything is resolved
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     source: Source = resolve(model, weights, random_weights)
+    dtype, where = _dtype_plan(dtype, source)
+    components = network_components(source.snapshot)
+    # a plan names every network component (fp32 where not given); what no graph uses is refused below
+    plan_dtype = dtype if isinstance(dtype, str) else {c: dtype.get(c, "fp32") for c in components}
     spec = family_for_pipeline(source.pipeline)
     options = {k: v for k, v in options.items() if v is not None}
     accepted = inspect.signature(spec.plan).parameters
@@ -42,10 +87,15 @@ def export_model(model: str, out: str, frames: int, height: int, width: int, bat
     if wrong:
         raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in wrong)} does not apply to "
                          f"{source.pipeline} exports (family {spec.name})")
-    export_options = {"frames": frames, "height": height, "width": width, "batch": batch, "dtype": dtype,
+    export_options = {"frames": frames, "height": height, "width": width, "batch": batch, "dtype": plan_dtype,
                       "decode_chunk_size": decode_chunk_size, "variant": variant, **options}
     graphs, manifest = spec.plan(source.snapshot, source.weights, **export_options)
-    manifest = {"family": spec.name, **manifest}
+    dtype_plan = _graph_dtypes(graphs, dtype, components, plan_dtype, source.pipeline, where)
+    if isinstance(dtype, dict):
+        export_options["dtype"] = dtype_plan  # the plan as applied, which plan_from_manifest replays
+    dtypes = {graph.dtype for graph, _ in graphs}
+    manifest = {"family": spec.name, **manifest, "dtype": dtypes.pop() if len(dtypes) == 1 else "mixed",
+                "dtype_plan": dtype_plan}
     manifest["source"] = {
         "model": model, "snapshot": str(source.snapshot), "preset": source.preset, "repo_id": source.repo_id,
         "weights": str(source.weights) if source.weights else "random", "variant": variant,

@@ -26,9 +26,16 @@ def load_pipeline(export_dir, backend=None, check_sums: bool = True, pipeline: s
     cls.check_export(export)
     if backend is None or isinstance(backend, str):
         backend = make_backend(backend, **backend_options)
-    if export.manifest.get("dtype") == "bf16" and getattr(backend, "device_target", None) == "CPU":
-        raise ExportInvalid(f"{export.root} holds bf16 graphs; MindSpore 2.7.1 has no bf16 CPU kernels, so they run "
-                            "only on Ascend (device_target='Ascend'). Export with --dtype fp32 or fp16 for the CPU.")
+    bf16 = [name for name in export.manifest["graphs"] if export.manifest.graph_dtype(name) == "bf16"]
+    if bf16 and getattr(backend, "device_target", None) == "CPU":
+        plan = export.manifest.get("dtype_plan") or {}
+        components = sorted(c for c, d in plan.items() if d == "bf16")
+        raise ExportInvalid(
+            f"{export.root} holds bf16 graphs ({', '.join(bf16)}); MindSpore 2.7.1 has no bf16 CPU kernels, so they "
+            "run only on Ascend (device_target='Ascend'). For the CPU, export with --dtype fp32 or fp16"
+            + (f", or give {', '.join(components)} fp16 or fp32 in a per-component --dtype (e.g. "
+               f"{','.join(f'{c}=fp16' for c in components)})" if components and len(components) < len(plan) else "")
+            + ".")
     return cls(export, backend)
 
 

@@ -60,7 +60,6 @@ DEFAULT_PROMPT_TEMPLATE = {
     ),
     "crop_start": 95,
 }
-_DTYPES = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 
 
 class HunyuanVideoPipeline(ExportedPipeline):
@@ -143,8 +142,10 @@ class HunyuanVideoPipeline(ExportedPipeline):
             self._tokenizers[key] = AutoTokenizer.from_pretrained(str(folder))
         return self._tokenizers[key]
 
-    def _dtype(self) -> str:
-        return _DTYPES.get(self.manifest["dtype"], "fp32")
+    def _dtype(self, graph: str) -> str:
+        """The dtype graph ``graph`` computes in (its component's in the export's dtype plan): diffusers
+        casts a component's inputs to it before the call."""
+        return self.manifest.graph_dtype(graph)
 
     def _get_llama_prompt_embeds(self, prompt, prompt_template, num_videos_per_prompt, max_sequence_length):
         """(prompt_embeds [B * n, L, D], attention mask [B * n, L]) as diffusers' _get_llama_prompt_embeds."""
@@ -268,10 +269,11 @@ class HunyuanVideoPipeline(ExportedPipeline):
         tiles, spatial = m["vae_tiling"], m["vae_scale_factor_spatial"]
         temporal = m["components"]["vae"].get("temporal_compression_ratio", 4)
         z = latents.astype(F32) / F32(m["vae_scaling_factor"])
-        if self._dtype() != "fp32":
+        vae_dtype = self._dtype(next(iter(m["vae_decoders"])))  # latents.to(vae.dtype) / scaling_factor
+        if vae_dtype != "fp32":
             from video_aot.models.hunyuan_video import round_to_dtype
 
-            z = round_to_dtype(latents, self._dtype()) / F32(m["vae_scaling_factor"])
+            z = round_to_dtype(latents, vae_dtype) / F32(m["vae_scaling_factor"])
         by_shape = {tuple(v): k for k, v in m["vae_decoders"].items()}
 
         def decode(tile):
@@ -350,7 +352,7 @@ class HunyuanVideoPipeline(ExportedPipeline):
                 self.encode_prompt(negative_prompt, negative_prompt_2, prompt_template, int(num_videos_per_prompt),
                                    negative_prompt_embeds, negative_pooled_prompt_embeds,
                                    negative_prompt_attention_mask, max_sequence_length)
-        dtype = self._dtype()
+        dtype = self._dtype("transformer")  # diffusers' transformer_dtype
         if dtype != "fp32":
             from video_aot.models.hunyuan_video import round_to_dtype
         else:

@@ -110,6 +110,12 @@ class Manifest(dict):
         """Axis letter -> size of one sample's latents, e.g. {"F": 5, "C": 4, "H": 4, "W": 6}."""
         return dict(zip(self["latent_layout"], self["latent_shape"]))
 
+    def graph_dtype(self, name: str) -> str:
+        """The dtype graph ``name`` computes in (its component's in the export's dtype plan); its inputs
+        and outputs are the TensorSpecs'. Manifests without per-graph dtypes have one for every graph."""
+        one = self.get("dtype") if self.get("dtype") in ("fp32", "fp16", "bf16") else "fp32"
+        return self["graphs"][name].get("dtype", one)
+
 
 @dataclass(frozen=True)
 class Export:
@@ -226,4 +232,7 @@ class BoundGraph:
                 raise ShapeMismatch(f"graph {self.entry.name}: input {spec.name} has shape {array.shape}, the "
                                     f"export declares {tuple(spec.shape)}")
             arrays.append(np.ascontiguousarray(array))
-        return self.fn(*arrays)
+        outputs = self.fn(*arrays)
+        # the declared output dtypes (float32 where the pipeline computes in numpy), whatever the graph's own
+        return tuple(np.asarray(o, dtype=spec.dtype) for o, spec in zip(outputs, self.entry.outputs)) + \
+            tuple(outputs[len(self.entry.outputs):])

@@ -5,6 +5,8 @@ given the same latents: two frame counts (one decoded in framewise temporal tile
 true_cfg_scale 1 and 2, a user prompt template."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -250,6 +252,76 @@ def test_preset_plans_the_full_size_graphs():
     # 16 latent frames: framewise tiles of 5 latent frames every 3 (the last one 1 frame long)
     assert sorted(manifest["vae_decoders"]) == ["vae_decoder_1_40x64", "vae_decoder_4_40x64", "vae_decoder_5_40x64"]
     assert manifest["dtype_plan"]["transformer"] == "bf16" and manifest["scheduler"]["shift"] == 7.0
+
+
+def _weight_dtypes(path) -> set:
+    """The data types of a MindIR graph's parameters (its weights)."""
+    from mindspore.train import mind_ir_pb2
+
+    model = mind_ir_pb2.ModelProto()
+    model.ParseFromString(path.read_bytes())
+    return {mind_ir_pb2.TensorProto.DataType.Name(p.data_type) for p in model.graph.parameter}
+
+
+def test_mixed_dtype_export_matches_diffusers_with_the_same_dtypes(reference, ours, tmp_path):
+    """--dtype text_encoder=fp16,text_encoder_2=fp16,vae=fp16 (the transformer stays fp32): each graph is
+    traced with its component's weights in that dtype (the MindIR's parameters) and the manifest says so; the
+    frames match diffusers run with the same per-component dtypes within twice diffusers' own difference
+    between these dtypes and fp32 (measured here: the size of half-precision rounding at this scale), and
+    differ from our fp32 export's (the fp16 graphs really compute in fp16)."""
+    import copy
+
+    from diffusers import HunyuanVideoPipeline
+
+    pipe, folder = reference
+    out = _export(folder, tmp_path / "e", frames=9, dtype="text_encoder=fp16,text_encoder_2=fp16,vae=fp16")
+    mixed = load_pipeline(out, backend="mindspore")
+    m = mixed.manifest
+    assert m["dtype"] == "mixed"
+    assert m["dtype_plan"] == {"text_encoder": "fp16", "text_encoder_2": "fp16", "transformer": "fp32", "vae": "fp16"}
+    assert {name: g["dtype"] for name, g in m["graphs"].items()} == {
+        "text_encoder": "fp16", "text_encoder_2": "fp16", "transformer": "fp32", "vae_decoder_3_2x4": "fp16"}
+    assert {name: _weight_dtypes(out / g["file"]) for name, g in m["graphs"].items()} == {
+        "text_encoder": {"FLOAT16"}, "text_encoder_2": {"FLOAT16"}, "transformer": {"FLOAT"},
+        "vae_decoder_3_2x4": {"FLOAT16"}}
+
+    half = HunyuanVideoPipeline(
+        text_encoder=copy.deepcopy(pipe.text_encoder).half(), tokenizer=pipe.tokenizer, transformer=pipe.transformer,
+        vae=copy.deepcopy(pipe.vae).half(), scheduler=pipe.scheduler,
+        text_encoder_2=copy.deepcopy(pipe.text_encoder_2).half(), tokenizer_2=pipe.tokenizer_2)
+    half.set_progress_bar_config(disable=True)
+    latents = _latents(9)
+    common = dict(prompt=PROMPT, height=HEIGHT, width=WIDTH, num_frames=9, num_inference_steps=2, output_type="np",
+                  max_sequence_length=MAX_LENGTH)
+    expected = np.asarray(half(latents=torch.tensor(latents), **common).frames, np.float32)
+    fp32 = np.asarray(pipe(latents=torch.tensor(latents), **common).frames)
+    rounding = float(np.abs(expected - fp32).max())  # diffusers: these dtypes against fp32
+    got = mixed(latents=latents, **common).frames
+    err = float(np.abs(got - expected).max())
+    moved = float(np.abs(got - ours(latents=latents, **common).frames).max())  # against our fp32 export
+    print(f"hunyuan mixed dtypes: max abs {err:.2e} against diffusers with the same dtypes; diffusers' own "
+          f"difference from fp32 {rounding:.2e}; ours from our fp32 export {moved:.2e}")
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    assert 1e-4 < rounding < 1e-2 and moved > 1e-4
+    assert err <= 2 * rounding, (err, rounding)
+
+
+def test_the_preset_dtype_plan_traces_bf16_and_the_cpu_refuses_it(reference, tmp_path):
+    """HunyuanVideo's preset dtype_plan (transformer bf16, text encoders and VAE fp16) on the tiny snapshot:
+    every graph traces; loading it on the CPU is refused, naming the bf16 graph."""
+    from video_aot.export.sources import presets
+    from video_aot.runtime import ExportInvalid
+
+    plan = presets()["hunyuan-video"]["dtype_plan"]
+    out = _export(reference[1], tmp_path / "e", frames=1, dtype=plan)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dtype_plan"] == plan and manifest["export_options"]["dtype"] == plan
+    assert {name: g["dtype"] for name, g in manifest["graphs"].items()} == {
+        "text_encoder": "fp16", "text_encoder_2": "fp16", "transformer": "bf16", "vae_decoder_1_2x4": "fp16"}
+    assert _weight_dtypes(out / "transformer.mindir") == {"BFLOAT16"}
+    with pytest.raises(ExportInvalid, match=r"holds bf16 graphs \(transformer\); MindSpore 2.7.1 has no bf16 CPU "
+                                            r"kernels.*Ascend.*transformer=fp16"):
+        load_pipeline(out, backend="mindspore")
 
 
 def test_other_shapes_are_refused_listing_the_exported_ones(ours):
