@@ -114,7 +114,8 @@ class Model:
 
     def describe(self) -> dict:
         out = {"name": self.name, "family": self.manifest["family"], "pipeline": self.manifest.get("pipeline"),
-               "dtype": self.manifest.get("dtype"), "shapes": self.manifest["shapes"],
+               "dtype": self.manifest.get("dtype"), "dtype_plan": self.manifest.get("dtype_plan"),
+               "shapes": self.manifest["shapes"],
                "ready": self.schema is not None}
         if self.schema is not None:
             out["parameters"] = self.schema

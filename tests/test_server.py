@@ -204,6 +204,7 @@ def test_models_health_and_openapi(client):
     models = {m["name"]: m for m in client.get("/v1/models").json()["data"]}
     svd = models["svd"]
     assert svd["family"] == "svd" and svd["ready"]
+    assert svd["dtype"] == "fp32" and svd["dtype_plan"] == {"image_encoder": "fp32", "unet": "fp32", "vae": "fp32"}
     assert svd["shapes"]["num_frames"] == FRAMES and svd["shapes"]["height"] == HEIGHT
     params = svd["parameters"]
     assert params["image"] == {"type": "image", "required": True}
