@@ -271,6 +271,39 @@ def test_vae_095_encode_decode(tmp_path):
     err = rel_l2(ours, expected)
     print("vae 0.9.5 decode", err)
     assert err <= 1e-4, err
+    # enable_tiling(<small tiles>) with use_framewise_decoding: runtime/vae.framewise_decode with diffusers' own
+    # decoder as the tile function (our decoder on one tile is the decode above; eager MindSpore on 8 new tile
+    # shapes would cost ~30 s) against diffusers' _temporal_tiled_decode / tiled_decode (latents 5 x 3 x 5:
+    # temporal tiles of 4 and 2 latent frames, rows of 3 and 1, columns of 4 and 2, every overlap blended)
+    from video_aot.runtime.vae import framewise_decode
+
+    tiling = dict(tile_sample_min_height=24, tile_sample_min_width=32, tile_sample_min_num_frames=15,
+                  tile_sample_stride_height=16, tile_sample_stride_width=32 - 8, tile_sample_stride_num_frames=12)
+    z = rng.standard_normal((1, 8, 5, 3, 5)).astype(np.float32)
+    shapes = []
+
+    def decode_tile(tile):
+        shapes.append(tile.shape[2:])
+        with torch.no_grad():
+            return vae.decoder(torch.tensor(tile), torch.tensor(timestep)).numpy()
+
+    ours = framewise_decode(z, decode_tile, tiling, config.spatial_ratio, config.temporal_ratio, use_tiling=True,
+                            use_framewise=True, drop_frame="last")
+    vae.enable_tiling(**tiling)
+    vae.use_framewise_decoding = True
+    try:
+        with torch.no_grad():
+            expected = vae.decode(torch.tensor(z), torch.tensor(timestep)).sample.numpy()
+    finally:
+        vae.disable_tiling()
+        vae.use_framewise_decoding = False
+    assert sorted(set(shapes)) == [(2, 1, 2), (2, 1, 4), (2, 3, 2), (2, 3, 4), (4, 1, 2), (4, 1, 4), (4, 3, 2),
+                                   (4, 3, 4)]
+    assert ours.shape == expected.shape == (1, 3, 17, 24, 40)
+    err = float(np.abs(ours - expected).max())
+    print("vae 0.9.5 tiled decode (space and time) max abs", err)
+    assert err <= 1e-5, err
+    assert np.abs(ours - vae.decode(torch.tensor(z), torch.tensor(timestep)).sample.detach().numpy()).max() > 1e-3
 
 
 def test_vae_config_checks():
