@@ -121,3 +121,25 @@ def test_cli_takes_a_per_component_dtype_and_reports_bad_ones(capsys):
     assert "export-model: error: unsupported dtype 'fp8' for component 'text_encoder'" in err
     assert main(args + ["--dtype", "transformer=bf16,unet=fp16"]) == 2
     assert "components are ['text_encoder', 'text_encoder_2', 'transformer', 'vae']" in capsys.readouterr().err
+
+
+def test_manifest_graph_dtypes_and_float32_outputs():
+    """Each graph's dtype from its manifest entry (older manifests: the export's one dtype); a bound graph
+    returns its declared output dtypes whatever the backend hands back."""
+    import numpy as np
+
+    from video_aot.runtime.manifest import BoundGraph, GraphEntry, Manifest, TensorSpec
+
+    def graph(**extra):
+        return {"file": "g.mindir", "inputs": [{"name": "x", "shape": [2], "dtype": "float32"}],
+                "outputs": [{"name": "y", "shape": [2], "dtype": "float32"}], **extra}
+
+    raw = {"format_version": 2, "family": "svd", "pipeline": "StableVideoDiffusionPipeline", "shapes": {},
+           "files": {}, "dtype": "mixed", "graphs": {"unet": graph(dtype="bf16"), "vae_decoder": graph(dtype="fp16")}}
+    manifest = Manifest(raw)
+    assert manifest.graph_dtype("unet") == "bf16" and manifest.graph_dtype("vae_decoder") == "fp16"
+    old = Manifest({**raw, "dtype": "fp16", "graphs": {"unet": graph()}})  # written before per-graph dtypes
+    assert old.graph_dtype("unet") == "fp16"
+    entry = GraphEntry("g", "g.mindir", ("g.mindir",), (TensorSpec("x", (2,)),), (TensorSpec("y", (2,)),))
+    out = BoundGraph(entry, lambda x: (x.astype(np.float16) * 2,))(x=[1.5, 2.0])[0]
+    assert out.dtype == np.float32 and out.tolist() == [3.0, 4.0]
