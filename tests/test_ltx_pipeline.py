@@ -268,13 +268,9 @@ def test_tiled_decode_matches_diffusers(snapshots, exports, monkeypatch, kind):
     got = ours(latents=latents, seed=21, **kwargs).frames
     calls = len(ours.timings["vae_decode"])
     _compare(f"tiled decode {kind} ({calls} tile calls)", got, expected)
-    assert calls == (6 if kind == "090" else 8)
-    ours.disable_tiling()
-    ours.disable_framewise_decoding()
-    untiled = ours(latents=latents, seed=21, **kwargs).frames
-    assert np.abs(untiled - expected).max() > 1e-2  # the tiles' seams and noise are really there
+    assert calls == (6 if kind == "090" else 8)  # 2 temporal tiles x 3 rows / 4 columns
     # one switch alone needs tiles this export has no graphs for: refused before denoising
-    ours.enable_framewise_decoding()
+    ours.disable_tiling()
     with pytest.raises(ExportInvalid, match="framewise tiled decoding .* re-export with tiling='framewise'"):
         ours(latents=latents, seed=21, **kwargs)
 
