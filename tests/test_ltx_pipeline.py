@@ -52,8 +52,9 @@ T2V_SHAPES = ((9, 32, 32), (17, 32, 32), (9, 32, 64))  # two frame counts, one n
 # blended over 3 frames), rows of 4 and 2 latent pixels (every 3, blended over 4 pixels)
 TILES_090 = dict(tile_sample_min_height=16, tile_sample_stride_height=12, tile_sample_min_width=32,
                  tile_sample_stride_width=32, tile_sample_min_num_frames=15, tile_sample_stride_num_frames=12)
-# 0.9.1 (x8 / x8), 9 frames at 32x32 -> latents 2 x 4 x 4: temporal tiles of 2 and 1 latent frames (every 1,
-# blended over 7 frames), columns of 2 and 1 latent pixels (every 1, blended over 8 pixels)
+# 0.9.1 (x8 / x8), 17 frames at 32x32 -> latents 3 x 4 x 4: temporal tiles of 2, 2 and 1 latent frames (every 1,
+# the second blended over 7 frames; the last decodes to the one frame diffusers drops), columns of 2 and 1
+# latent pixels (every 1, blended over 8 pixels)
 TILES_091 = dict(tile_sample_min_height=32, tile_sample_stride_height=32, tile_sample_min_width=16,
                  tile_sample_stride_width=8, tile_sample_min_num_frames=15, tile_sample_stride_num_frames=8)
 
@@ -135,7 +136,7 @@ def exports(snapshots, tmp_path_factory):
                               image_to_video=True, **quiet)
     out["batch2"] = export_model(str(snapshots["090"][0]), str(root / "batch2"), frames=9, height=32, width=32,
                                  batch=2, **quiet)
-    out["091"] = export_model(str(snapshots["091"][0]), str(root / "091"), frames=9, height=32, width=32,
+    out["091"] = export_model(str(snapshots["091"][0]), str(root / "091"), frames=17, height=32, width=32,
                               tiling="spatial+framewise", **TILES_091, **quiet)
     return out
 
@@ -226,8 +227,8 @@ def test_091_vae_timestep_conditioning_and_noise_matches_diffusers(snapshots, ex
     _, ref = snapshots["091"]
     ours = load_pipeline(exports["091"], backend="mindspore")
     assert ours.manifest["vae_timestep_conditioning"] and len(ours.manifest["decoder_noise"]) == 6
-    latents = _packed_latents(9, 32, 32, ratio=8)
-    kwargs = dict(COMMON, prompt=PROMPT, num_frames=9, height=32, width=32, guidance_scale=3.0,
+    latents = _packed_latents(17, 32, 32, ratio=8)
+    kwargs = dict(COMMON, prompt=PROMPT, num_frames=17, height=32, width=32, guidance_scale=3.0,
                   decode_timestep=0.05, decode_noise_scale=0.025)
     shared_noise(monkeypatch, seed=13)
     expected = ref(latents=torch.tensor(latents), **kwargs).frames
@@ -244,7 +245,7 @@ def test_tiled_decode_matches_diffusers(snapshots, exports, monkeypatch, kind):
     from video_aot.runtime.vae import decode_tile_shapes
 
     _, ref = snapshots[kind]
-    tiles, frames, ratio = (TILES_090, 17, 4) if kind == "090" else (TILES_091, 9, 8)
+    tiles, frames, ratio = (TILES_090, 17, 4) if kind == "090" else (TILES_091, 17, 8)
     ours = load_pipeline(exports[("t2v", 17, 32, 32) if kind == "090" else "091"], backend="mindspore")
     m = ours.manifest
     assert m["vae_tiling_mode"] == "spatial+framewise" and m["export_options"]["tile_sample_min_height"] == \
@@ -268,7 +269,7 @@ def test_tiled_decode_matches_diffusers(snapshots, exports, monkeypatch, kind):
     got = ours(latents=latents, seed=21, **kwargs).frames
     calls = len(ours.timings["vae_decode"])
     _compare(f"tiled decode {kind} ({calls} tile calls)", got, expected)
-    assert calls == (6 if kind == "090" else 8)  # 2 temporal tiles x 3 rows / 4 columns
+    assert calls == (6 if kind == "090" else 12)  # 2 temporal tiles x 3 rows / 3 x 4 columns
     # one switch alone needs tiles this export has no graphs for: refused before denoising
     ours.disable_tiling()
     with pytest.raises(ExportInvalid, match="framewise tiled decoding .* re-export with tiling='framewise'"):
