@@ -3,7 +3,8 @@ against diffusers' TextToVideoSDPipeline / VideoToVideoSDPipeline.
 
 A tiny snapshot (with a CLIP BPE tokenizer written by the test) is exported twice per session:
 "a" (3 frames, 16x24 non-square, VAE chunk 2 so a tail graph exists) and "b" (batch of 2
-prompts, 2 frames, 16x16). Every comparison reuses those exports.
+prompts, 2 frames, 16x16). Every comparison reuses those exports. "a" also holds the ONNX artifacts
+(export-model --onnx), run end to end by the onnxruntime backend.
 
 Noise: diffusers draws torch noise; the runtime draws numpy noise. Where diffusers draws noise
 itself (DDIM eta > 0, the VAE posterior sample and the video-to-video noise) the tests swap
@@ -49,7 +50,7 @@ def exports(snapshot, tmp_path_factory):
     root = tmp_path_factory.mktemp("t2v-exports")
     return {
         name: export_model(str(folder), str(root / name), frames=frames, height=height, width=width, batch=batch,
-                           decode_chunk_size=chunk, log=lambda *a: None)
+                           decode_chunk_size=chunk, log=lambda *a: None, onnx=name == "a")
         for name, (frames, height, width, chunk, batch) in SHAPES.items()
     }
 
@@ -136,6 +137,25 @@ def test_text_to_video_matches_diffusers(snapshot, pipelines, case):
     assert ours.dtype == np.float32
     err = float(np.abs(ours - expected).max())
     print(f"t2v {case}: max abs {err:.2e}, rel L2 {rel_l2(ours, expected):.2e}")
+    assert err <= MAX_ABS
+
+
+def test_onnxruntime_text_to_video_matches_diffusers(snapshot, exports):
+    """Export "a"'s ONNX files on onnxruntime (every graph has one), end to end against diffusers."""
+    name, scheduler, steps, guidance, prompt, negative, _ = CASES["ddim-negative"]
+    _, ref = snapshot
+    frames, height, width, _, _ = SHAPES[name]
+    manifest = json.loads((exports[name] / "manifest.json").read_text())
+    assert manifest["onnx_unavailable"] == {}
+    pipe = load_pipeline(exports[name], backend="onnxruntime")
+    latents = _latents(name)
+    ours = pipe(prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
+                latents=latents, scheduler=scheduler).frames
+    expected = _scheduled(ref, scheduler)(
+        prompt=prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance, height=height,
+        width=width, num_frames=frames, latents=torch.from_numpy(latents)).frames
+    err = float(np.abs(ours - expected).max())
+    print(f"t2v on onnxruntime: max abs {err:.2e}, rel L2 {rel_l2(ours, expected):.2e}")
     assert err <= MAX_ABS
 
 
