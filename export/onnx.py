@@ -31,6 +31,7 @@ import then fails).
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 
 import mindspore as ms
@@ -119,6 +120,7 @@ def trace_onnx(folder: Path, spec: GraphSpec, cell, mindir: Path) -> dict:
 
     target = folder / f"{spec.name}.onnx"
     inputs = spec.dummy_inputs()
+    start = time.perf_counter()
     try:
         with exporter_ops():
             ms.export(cell, *[ms.Tensor(a) for a in inputs], file_name=str(folder / spec.name), file_format="ONNX")
@@ -132,6 +134,7 @@ def trace_onnx(folder: Path, spec: GraphSpec, cell, mindir: Path) -> dict:
         fixes = finish(model, spec)
         onnx.save(model, str(target))
         del model
+        traced = time.perf_counter()
         outs = OnnxRuntimeGraph(target)(*inputs)
     except OnnxUnavailable:
         target.unlink(missing_ok=True)
@@ -148,4 +151,5 @@ def trace_onnx(folder: Path, spec: GraphSpec, cell, mindir: Path) -> dict:
         target.unlink(missing_ok=True)
         raise OnnxUnavailable(f"onnxruntime's output differs from the MindIR graph on the dummy inputs "
                               f"(relative L2 {max(errors):.3g} > tolerance {tolerance})")
-    return {"file": target.name, "rel_l2_vs_mindir": errors, "tolerance": tolerance, **fixes}
+    return {"file": target.name, "rel_l2_vs_mindir": errors, "tolerance": tolerance, **fixes,
+            "export_seconds": round(traced - start, 3), "check_seconds": round(time.perf_counter() - traced, 3)}

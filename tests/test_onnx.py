@@ -84,3 +84,17 @@ def test_a_modified_onnx_file_is_refused(export, tmp_path):
         fh.write(b"\0")
     with pytest.raises(ExportInvalid, match="checksum mismatch for block.onnx"):
         verify_export(copy)
+
+
+def test_a_network_calling_acos_itself_is_refused(tmp_path):
+    """ops.acos is the Erf marker of the ONNX trace: a network's own acos must not turn into Erf."""
+    from video_aot.export.onnx import OnnxUnavailable, trace_onnx
+
+    class Acos(nn.Cell):
+        def construct(self, x):
+            return ops.acos(x)
+
+    spec = GraphSpec("acos", (TensorSpec("x", (2, 3)),), (TensorSpec("y", (2, 3)),))
+    with pytest.raises(OnnxUnavailable, match="acos is the Erf marker"):
+        trace_onnx(tmp_path, spec, Acos(), tmp_path / "unused.mindir")
+    assert not list(tmp_path.iterdir())
