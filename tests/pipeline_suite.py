@@ -20,6 +20,9 @@ import numpy as np
 import pytest
 
 PARITY_TOLERANCE = 1e-3  # max abs difference of [0, 1] frames against diffusers
+# an fp16 export against diffusers' fp32 frames: half-precision rounding through every graph
+# (fp16 keeps ~3 decimal digits; the networks' norms, softmax and rotary stay in fp32)
+FP16_TOLERANCE = 2e-2
 
 
 @dataclass
@@ -36,6 +39,7 @@ class SuiteCase:
     # diffusers' older callback(step, timestep, latents), or none
     callback_inputs: Optional[tuple] = ("latents",)
     frames_argument: str = "num_frames"  # __call__'s frame count (Text2Video-Zero: video_length)
+    fp16_tolerance: float = FP16_TOLERANCE
     extra: dict = field(default_factory=dict)
 
 
@@ -51,16 +55,47 @@ def _latents_and_frames(case):
     return case.extra["plain"]
 
 
+def _reference_frames(case):
+    """diffusers' frames for the plain call with the suite's latents, computed once per case."""
+    if "reference" not in case.extra:
+        latents, _ = _latents_and_frames(case)
+        case.extra["reference"] = np.asarray(case.reference(case.inputs, latents), np.float32)
+    return case.extra["reference"]
+
+
 class PipelineSuite:
     # ------------------------------------------------------------------ parity
     def test_latents_parity_with_diffusers(self, case):
         pipe = case.pipe
         latents, ours = _latents_and_frames(case)
-        ref = np.asarray(case.reference(case.inputs, latents), np.float32)
+        ref = _reference_frames(case)
         assert ours.shape == ref.shape
         err = float(np.abs(ours - ref).max())
         print(f"{type(pipe).__name__}: latents= parity max abs {err:.2e}")
         assert err <= case.tolerance
+
+    def test_fp16_export_matches_diffusers_within_half_precision(self, case, tmp_path):
+        """The same export replayed from its manifest with dtype fp16 (graph inputs and outputs stay
+        float32): the plain call's frames stay within half-precision rounding of diffusers' fp32
+        frames, and the fp16 graphs really are fp16 (they differ from the fp32 export's frames)."""
+        from video_aot.export.run import export_model
+        from video_aot.runtime import load_pipeline
+
+        manifest = case.pipe.manifest
+        source = manifest["source"]
+        weights = None if source.get("weights") in (None, "random") else source["weights"]
+        options = {**manifest["export_options"], "dtype": "fp16"}
+        out = export_model(source["model"], str(tmp_path / "fp16"), weights=weights,
+                           random_weights=source.get("weights") == "random", log=lambda *a: None, **options)
+        pipe = load_pipeline(out, backend="mindspore", pipeline=type(case.pipe).__name__)
+        assert pipe.manifest["dtype"] == "fp16"
+        latents, fp32 = _latents_and_frames(case)
+        ours = np.asarray(pipe(**case.inputs, latents=latents, output_type="np").frames)
+        assert ours.dtype == np.float32 and ours.shape == fp32.shape
+        err = float(np.abs(ours - _reference_frames(case)).max())
+        print(f"{type(pipe).__name__}: fp16 export against diffusers fp32 max abs {err:.2e}")
+        assert err <= case.fp16_tolerance
+        assert float(np.abs(ours - fp32).max()) > 0.0
 
     def test_step_callback_matches_diffusers(self, case):
         """callback_on_step_end replaces the latents after the first step and halves the prompt

@@ -37,11 +37,15 @@ def snapshots(tmp_path_factory):
 def exports(snapshots, tmp_path_factory):
     root = tmp_path_factory.mktemp("cogvideox-exports")
     out = {}
+    # the 17-frame T2V and the I2V exports also hold the tile graphs of enable_tiling() (the tiled tests
+    # use them; tiling stays off until asked, so the other tests run the whole-frame graphs); the
+    # 8-frame one has none (the refusal test)
     for frames in T2V_FRAMES:
         out[("t2v", frames)] = export_model(str(snapshots["t2v"][0]), str(root / f"t2v-{frames}"), frames=frames,
-                                            height=HEIGHT, width=WIDTH, log=lambda *a: None, with_video_encoder=True)
+                                            height=HEIGHT, width=WIDTH, log=lambda *a: None, with_video_encoder=True,
+                                            tiling=frames == 17 or None)
     out[("i2v", I2V_FRAMES)] = export_model(str(snapshots["i2v"][0]), str(root / "i2v"), frames=I2V_FRAMES,
-                                            height=HEIGHT, width=WIDTH, log=lambda *a: None)
+                                            height=HEIGHT, width=WIDTH, log=lambda *a: None, tiling=True)
     return out
 
 
@@ -199,10 +203,9 @@ def test_exported_decoder_graph_is_one_batch_with_caches(exports):
 
 
 @pytest.fixture(scope="module")
-def tiled_export(snapshots, tmp_path_factory):
-    folder, _ = snapshots["t2v"]
-    return export_model(str(folder), str(tmp_path_factory.mktemp("cogvideox-tiled") / "e"), frames=17, height=HEIGHT,
-                        width=WIDTH, log=lambda *a: None, tiling=True, with_video_encoder=True)
+def tiled_export(exports):
+    assert load_pipeline(exports[("t2v", 17)], backend="mindspore").manifest["tiling"]
+    return exports[("t2v", 17)]
 
 
 def test_tiled_decode_matches_diffusers(snapshots, tiled_export):
@@ -259,12 +262,10 @@ def test_tiled_encode_matches_diffusers(snapshots, tiled_export):
     assert err <= 1e-4, err
 
 
-def test_tiled_image_encode_matches_diffusers(snapshots, tmp_path):
+def test_tiled_image_encode_matches_diffusers(snapshots, exports):
     """I2V encodes its one image frame through the same tiles when tiling is on."""
-    folder, ref = snapshots["i2v"]
-    out = export_model(str(folder), str(tmp_path / "e"), frames=I2V_FRAMES, height=HEIGHT, width=WIDTH,
-                       log=lambda *a: None, tiling=True)
-    pipe = load_pipeline(out, backend="mindspore")
+    _, ref = snapshots["i2v"]
+    pipe = load_pipeline(exports[("i2v", I2V_FRAMES)], backend="mindspore")
     image = np.random.default_rng(3).uniform(-1, 1, (1, 3, 1, HEIGHT, WIDTH)).astype(np.float32)
     pipe.enable_tiling()
     got = pipe.encode_moments(image)
