@@ -14,6 +14,28 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"export-model stopped by signal {signum}")
 
 
+def parse_options(items: list) -> dict:
+    """``--option KEY=VALUE`` items -> export options (VALUE as JSON when it parses, else the text)."""
+    reserved = {"frames", "height", "width", "batch", "dtype", "decode_chunk_size", "weights", "variant",
+                "random_weights", "forward_chunking", "tiling", "with_video_encoder", "onnx", "force", "dry_run",
+                "validate"}
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--option {item!r}: expected KEY=VALUE")
+        if key in reserved:
+            raise ValueError(f"--option {key}: use --{key.replace('_', '-')}")
+        if key in options:
+            raise ValueError(f"--option {key} is given twice")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="export-model",
@@ -39,9 +61,15 @@ def main(argv=None) -> int:
     parser.add_argument("--forward-chunking", default=None, metavar="CHUNK[:DIM]",
                         help="UNet3D families: feed-forward chunking as diffusers' "
                              "unet.enable_forward_chunking(chunk_size, dim); e.g. 1:1. Same output, lower peak memory")
-    parser.add_argument("--tiling", action="store_true", default=None,
-                        help="CogVideoX: also export the VAE's spatial tile graphs (diffusers' vae.enable_tiling() "
-                             "tiles), so that generate-video --tiling / pipe.enable_tiling() code in tiles")
+    parser.add_argument("--tiling", nargs="?", const=True, default=None, metavar="MODE",
+                        help="also export the VAE's tile graphs, so that generate-video --tiling / "
+                             "pipe.enable_tiling() decode in tiles as diffusers does (CogVideoX, HunyuanVideo, "
+                             "LTX-Video). MODE (LTX-Video): spatial (the default: vae.enable_tiling()), framewise "
+                             "(vae.use_framewise_decoding) or spatial+framewise")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a family-specific export option (repeatable), e.g. LTX-Video's "
+                             "tile_sample_min_height=256; VALUE is read as JSON (numbers, true/false), else as text. "
+                             "Options the family's export does not take are refused with the reason")
     parser.add_argument("--with-video-encoder", action="store_true", default=None,
                         help="CogVideoX text-to-video snapshots: add the VAE encoder graphs so that the export also "
                              "serves video-to-video")
@@ -55,6 +83,10 @@ def main(argv=None) -> int:
     parser.add_argument("--validate", action="store_true",
                         help="check each exported graph against the eager network on dummy inputs")
     args = parser.parse_args(argv)
+    try:
+        options = parse_options(args.option)
+    except ValueError as err:
+        parser.error(str(err))
 
     from .run import export_model
 
@@ -68,7 +100,7 @@ def main(argv=None) -> int:
                      weights=args.weights, random_weights=args.random_weights, force=args.force,
                      variant=args.variant, validate=args.validate, forward_chunking=args.forward_chunking,
                      tiling=args.tiling, with_video_encoder=args.with_video_encoder, dry_run=args.dry_run,
-                     onnx=args.onnx)
+                     onnx=args.onnx, **options)
     except (ValueError, RuntimeError, OSError) as err:
         print(f"export-model: error: {err}", file=sys.stderr)
         return 2

@@ -32,7 +32,8 @@ from video_aot.models.cogvideox_vae import (
 from video_aot.models.loading import config_from_dict
 
 from .components import Components
-from .graphs import GraphSpec, TensorSpec, check_pixel_size, guided, relax_tolerance, t5_text_encoder
+from .graphs import (GraphSpec, TensorSpec, check_pixel_size, guided, relax_tolerance, spatial_tiling,
+                     t5_text_encoder)
 
 
 # ----------------------------------------------------------------------------- wrapper cells
@@ -284,6 +285,7 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
                            lambda: VaeDecodeNext(comps.load("vae"), scaling)))
 
     decoder_graphs("vae_decoder", h, w)
+    tiling = spatial_tiling(tiling, "CogVideoX")
     tiles = None
     if tiling:
         tiles = tile_grid(vcfg, h, w, "decode")

@@ -78,6 +78,15 @@ def relax_tolerance(graphs, dtype, tolerance: float = 2e-2):
             object.__setattr__(spec, "tolerance", tolerance)
 
 
+def spatial_tiling(tiling, family: str) -> bool:
+    """The ``tiling`` export option of a family whose VAE tiles only in space (vae.enable_tiling()):
+    None/False/True, or "spatial" (the same as True); any other mode is refused, not taken as True."""
+    if tiling in (None, False, True, "spatial"):
+        return bool(tiling)
+    raise ValueError(f"tiling={tiling!r} does not apply to {family} exports: their VAE tiles in space only "
+                     "(tiling=True or 'spatial', diffusers' vae.enable_tiling())")
+
+
 def check_pixel_size(height: int, width: int, scale: int):
     """diffusers' check_inputs: ``height`` and ``width`` divisible by 8; a static graph also needs them
     divisible by the VAE's spatial factor ``scale``, and at least 8."""

@@ -40,7 +40,7 @@ from video_aot.models.loading import config_from_dict
 from video_aot.runtime.vae import decode_tile_shapes
 
 from .components import Components
-from .graphs import Encode, GraphSpec, TensorSpec, relax_tolerance
+from .graphs import Encode, GraphSpec, TensorSpec, relax_tolerance, spatial_tiling
 
 LLAMA_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                          "merges.txt")
@@ -114,6 +114,7 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     DEFAULT_PROMPT_TEMPLATE's); a call's template may crop less, not more.
     ``tiling``: add the decoder graphs of vae.enable_tiling()'s spatial tiles (the runtime's
     ``enable_tiling()`` then decodes tile by tile as diffusers does)."""
+    tiling = spatial_tiling(tiling, "HunyuanVideo")
     parts = Components(snapshot, weights, variant, dtype)
     pipeline = parts.index()["_class_name"]
     if pipeline != "HunyuanVideoPipeline":

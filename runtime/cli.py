@@ -42,6 +42,9 @@ def _base_parser(add_help: bool) -> argparse.ArgumentParser:
                              f"argument, else {DEFAULT_FPS})")
     parser.add_argument("--tiling", action="store_true", help="code the VAE in diffusers' spatial tiles "
                                                               "(exports made with export-model --tiling)")
+    parser.add_argument("--framewise-decoding", action="store_true",
+                        help="LTX-Video: decode in diffusers' temporal tiles (vae.use_framewise_decoding; exports "
+                             "made with export-model --tiling framewise or spatial+framewise)")
     parser.add_argument("--backend", default=None, choices=BACKENDS,
                         help="default: MindSpore Lite when importable, else MindSpore; onnxruntime runs the ONNX files "
                              "of an export made with export-model --onnx")
@@ -153,10 +156,11 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         pipe = load_pipeline(args.export_dir, backend=args.backend,
                              **({"pipeline": pipeline} if pipeline else {}))
-        if args.tiling:
-            if not hasattr(pipe, "enable_tiling"):
-                raise ValueError(f"--tiling does not apply to {type(pipe).__name__}")
-            pipe.enable_tiling()
+        for flag, switch in (("tiling", "enable_tiling"), ("framewise_decoding", "enable_framewise_decoding")):
+            if getattr(args, flag):
+                if not hasattr(pipe, switch):
+                    raise ValueError(f"--{flag.replace('_', '-')} does not apply to {type(pipe).__name__}")
+                getattr(pipe, switch)()
         video = pipe(**kwargs, output_type="np").frames[0]  # float [F, H, W, 3] in [0, 1]
         fps = args.out_fps or next((kwargs.get(n) or _default(cls, n) for n in FPS_ARGUMENTS
                                     if kwargs.get(n) or _default(cls, n)), DEFAULT_FPS)

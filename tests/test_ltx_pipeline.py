@@ -297,6 +297,19 @@ def test_tiling_requests_the_export_cannot_serve_are_refused(exports):
         tile_config("framewise", {"tile_sample_stride_num_frames": 4}, 32, 8)
 
 
+def test_generate_video_tiling_flags(exports, tmp_path, capsys):
+    """generate-video --tiling --framewise-decoding turn on both switches the export has tile graphs for;
+    one alone needs tiles it has none for, and is refused before anything is written."""
+    from video_aot.runtime.cli import main
+
+    export = str(exports[("t2v", 17, 32, 32)])
+    common = ["--prompt", "a cat", "--steps", "2", "--seed", "1", "--backend", "mindspore"]
+    assert main([export, "--out", str(tmp_path / "t.gif"), "--tiling", "--framewise-decoding", *common]) == 0
+    assert (tmp_path / "t.gif").stat().st_size > 0
+    assert main([export, "--out", str(tmp_path / "f.gif"), "--framewise-decoding", *common]) == 2
+    assert "re-export with tiling=" in capsys.readouterr().err and not (tmp_path / "f.gif").exists()
+
+
 def test_shapes_not_exported_are_refused(exports):
     pipe = load_pipeline(exports[("t2v", 9, 32, 32)], backend="mindspore")
     kwargs = dict(prompt=PROMPT, num_inference_steps=2)
