@@ -12,9 +12,11 @@ def load_pipeline(export_dir, backend=None, check_sums: bool = True, pipeline: s
     TextToVideoSDPipeline and VideoToVideoSDPipeline, say): a diffusers class name or a short name
     ("text2video", "video2video"); None takes the one the manifest names.
 
-    backend: None (MindSpore Lite when importable, else MindSpore), "mindspore", "lite", or an
-    object with ``load(path) -> callable``."""
-    from .backends import make_backend
+    backend: None, "mindspore", "lite", "onnxruntime", or an object with ``load(path) -> callable``.
+    None picks onnxruntime for an export that holds an ONNX file for every graph (export-model --onnx)
+    when onnxruntime is installed and no MindSpore option is given (benchmarks/NOTES.md: a fraction of
+    MindSpore's memory and cold start on this CPU), else MindSpore Lite when importable, else MindSpore."""
+    from .backends import make_backend, onnx_serves
     from .families import family
 
     export = verify_export(export_dir, check_sums=check_sums)
@@ -24,6 +26,8 @@ def load_pipeline(export_dir, backend=None, check_sums: bool = True, pipeline: s
         raise ExportInvalid(f"{export.root}: {err}") from None
     cls = spec.pipeline_class(pipeline if pipeline is not None else export.manifest["pipeline"])
     cls.check_export(export)
+    if backend is None and not backend_options and onnx_serves(export):
+        backend = "onnxruntime"
     if backend is None or isinstance(backend, str):
         backend = make_backend(backend, **backend_options)
     bf16 = [name for name in export.manifest["graphs"] if export.manifest.graph_dtype(name) == "bf16"]

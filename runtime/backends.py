@@ -218,6 +218,18 @@ def lite_available() -> bool:
     return True
 
 
+def onnx_serves(export) -> bool:
+    """Every graph of ``export`` has an ONNX file and onnxruntime is importable."""
+    graphs = export.manifest["graphs"].values()
+    if not graphs or not all(graph.get("onnx") for graph in graphs):
+        return False
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def make_backend(name: str | None = None, **kwargs):
     """``None`` picks MindSpore Lite when it is importable, else MindSpore."""
     if name is None:

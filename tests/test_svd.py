@@ -151,6 +151,11 @@ def test_onnxruntime_refuses_graphs_without_onnx(exports, tmp_path):
     with pytest.raises(ExportInvalid, match="graph unet has no ONNX artifact .*no converter for Foo"):
         load_pipeline(copy, backend="onnxruntime")
     load_pipeline(copy, backend="mindspore")  # the MindIR graphs still serve
+    # no backend named: onnxruntime where every graph has its ONNX file, MindSpore otherwise
+    assert load_pipeline(exports["a"]).backend.name == "onnxruntime"
+    assert load_pipeline(exports["a"], expand_broadcasts=False).backend.name == "mindspore"
+    assert load_pipeline(copy).backend.name != "onnxruntime"
+    assert load_pipeline(exports["b"]).backend.name != "onnxruntime"
 
 
 def test_output_types_and_seed(pipelines):
