@@ -14,11 +14,9 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"export-model stopped by signal {signum}")
 
 
-def parse_options(items: list) -> dict:
-    """``--option KEY=VALUE`` items -> export options (VALUE as JSON when it parses, else the text)."""
-    reserved = {"frames", "height", "width", "batch", "dtype", "decode_chunk_size", "weights", "variant",
-                "random_weights", "forward_chunking", "tiling", "with_video_encoder", "onnx", "force", "dry_run",
-                "validate"}
+def parse_options(items: list, reserved=frozenset()) -> dict:
+    """``--option KEY=VALUE`` items -> export options (VALUE as JSON when it parses, else the text);
+    ``reserved``: the names export-model has a flag of its own for."""
     options = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -84,7 +82,7 @@ def main(argv=None) -> int:
                         help="check each exported graph against the eager network on dummy inputs")
     args = parser.parse_args(argv)
     try:
-        options = parse_options(args.option)
+        options = parse_options(args.option, reserved={a.dest for a in parser._actions} - {"option"})
     except ValueError as err:
         parser.error(str(err))
 

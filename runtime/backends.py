@@ -210,24 +210,22 @@ class OnnxRuntimeBackend:
         return OnnxRuntimeGraph(Path(path), self.threads)
 
 
-def lite_available() -> bool:
+def _importable(module: str) -> bool:
     try:
-        import mindspore_lite  # noqa: F401
+        __import__(module)
     except ImportError:
         return False
     return True
+
+
+def lite_available() -> bool:
+    return _importable("mindspore_lite")
 
 
 def onnx_serves(export) -> bool:
     """Every graph of ``export`` has an ONNX file and onnxruntime is importable."""
     graphs = export.manifest["graphs"].values()
-    if not graphs or not all(graph.get("onnx") for graph in graphs):
-        return False
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return bool(graphs) and all(graph.get("onnx") for graph in graphs) and _importable("onnxruntime")
 
 
 def make_backend(name: str | None = None, **kwargs):

@@ -45,10 +45,10 @@ class ExportedPipeline:
         entry = self.manifest.graph_entries[name]
         artifact = getattr(self.backend, "artifact", "mindir")  # the onnxruntime backend loads the ONNX files
         path = self.export.graph_path(name, artifact)
-        traced = mindir_input_shapes(path) if artifact == "mindir" else None
         declared = [tuple(t.shape) for t in entry.inputs]
-        fn = self.backend.load(path) if artifact != "mindir" else None
-        traced = getattr(fn, "input_shapes", traced)
+        # a MindIR's shapes are read from the file before it is loaded; an ONNX session reports its own
+        fn = None if artifact == "mindir" else self.backend.load(path)
+        traced = mindir_input_shapes(path) if fn is None else getattr(fn, "input_shapes", None)
         if traced is not None and traced != declared:
             raise ExportInvalid(f"{self.export.root}: the manifest declares graph {name}'s inputs as {declared} but "
                                 f"{path.name} was traced with {traced}; the manifest was edited - re-export")

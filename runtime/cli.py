@@ -46,8 +46,8 @@ def _base_parser(add_help: bool) -> argparse.ArgumentParser:
                         help="LTX-Video: decode in diffusers' temporal tiles (vae.use_framewise_decoding; exports "
                              "made with export-model --tiling framewise or spatial+framewise)")
     parser.add_argument("--backend", default=None, choices=BACKENDS,
-                        help="default: MindSpore Lite when importable, else MindSpore; onnxruntime runs the ONNX files "
-                             "of an export made with export-model --onnx")
+                        help="default: onnxruntime when the export holds an ONNX file for every graph (export-model "
+                             "--onnx), else MindSpore Lite when importable, else MindSpore")
     return parser
 
 

@@ -22,7 +22,7 @@ def test_parse_options_reads_json_values_and_text():
 ])
 def test_bad_options_are_refused(items, message):
     with pytest.raises(ValueError, match=message):
-        parse_options(items)
+        parse_options(items, reserved={"tiling"})
 
 
 def _dry(model, capsys, *args):
@@ -51,5 +51,8 @@ def test_modes_and_options_a_family_does_not_take_are_refused(capsys):
     assert rc == 2 and "tiling='framewise' does not apply to CogVideoX" in err
     rc, _, err = _dry("ltx-video-0.9.1", capsys, "--tiling", "sideways")
     assert rc == 2 and "tiling='sideways'" in err
+    with pytest.raises(SystemExit):  # a name export-model has its own flag for
+        main(["svd-xt", "--frames", "4", "--height", "64", "--width", "64", "--out", "x", "--option", "dtype=fp16"])
+    assert "use --dtype" in capsys.readouterr().err
     rc, _, err = _dry("svd-xt", capsys, "--option", "tile_sample_min_height=64")
     assert rc == 2 and "--tile-sample-min-height does not apply" in err
