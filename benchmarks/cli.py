@@ -73,6 +73,8 @@ def run_benchmark(args, log=print) -> dict:
     else:
         model = args.model
         shapes = tier_shapes(settings_tier, model)
+        if args.shapes:
+            shapes.update(parse_shapes(args.shapes, model))
         export_dir = (Path(args.work_dir) if args.work_dir else _work_root() / f"{model}-{args.tier}") / "export"
         config = {"model": settings_tier.snapshot.format(model=model), "export_dir": str(export_dir),
                   "force": not args.reuse_export, **shapes,
@@ -91,6 +93,8 @@ def run_benchmark(args, log=print) -> dict:
               "compile_cache": compile_cache}
     graph_kernel = settings_tier.graph_kernel if args.graph_kernel is None else args.graph_kernel
     backend_options = {"graph_kernel": graph_kernel}
+    if args.expand_broadcasts:
+        backend_options["expand_broadcasts"] = True
     rounds = args.rounds or settings_tier.rounds
     if rounds < 1:
         raise ValueError(f"--rounds must be at least 1, got {rounds}")
@@ -114,7 +118,7 @@ def run_benchmark(args, log=print) -> dict:
     results = {kind: report.pool_rounds(rs) for kind, rs in runs.items() if rs}
     settings = {"steps": steps, "warmup": warmup, "repeats": repeats, "rounds": rounds, "baselines": baselines,
                 "baseline_errors": errors, "backend": "mindspore", "backend_options": backend_options,
-                "export_dir": str(export_dir),
+                "export_dir": str(export_dir), "shapes_override": getattr(args, "shapes", None),
                 "isolation": "one process per backend, run one after the other; with rounds > 1 the exported "
                              "and torch processes alternate and each ratio is the median of the per-round ratios"}
     record = report.build_record(settings_tier, model, manifest, settings, results, export_info)
@@ -129,6 +133,24 @@ def run_benchmark(args, log=print) -> dict:
     return record
 
 
+SHAPE_KEYS = ("frames", "height", "width", "decode_chunk_size", "batch")
+
+
+def parse_shapes(text: str, model: str) -> dict:
+    """``--shapes``: another tier's name (its shapes for this model) or ``KEY=INT,...`` over SHAPE_KEYS."""
+    if text in TIERS:
+        return tier_shapes(TIERS[text], model)
+    shapes = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in SHAPE_KEYS or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"--shapes takes a tier name ({', '.join(sorted(TIERS))}) or KEY=INT,... with KEY "
+                             f"one of {', '.join(SHAPE_KEYS)}; got {item!r}")
+        shapes[key] = int(value)
+    return shapes
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench-model", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -137,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tier", default=None, choices=sorted(TIERS),
                         help="tiny (test configs, CI smoke run), small (real architecture, reduced shape), "
                              "full (real shape; slow). Default: small with --model; labels EXPORT_DIR runs.")
+    parser.add_argument("--shapes", default=None,
+                        help="with --model: the static shapes of another tier (e.g. --tier full --shapes small: the "
+                             "full architecture at the small tier's shape) or KEY=INT,... (frames, height, width, "
+                             "decode_chunk_size, batch) over the tier's")
+    parser.add_argument("--expand-broadcasts", action="store_true",
+                        help="load the exported MindIR with every broadcasting elementwise op expanded "
+                             "(MindSporeBackend(expand_broadcasts=True)); recorded in the settings")
     parser.add_argument("--baselines", default="pynative,torch",
                         help="comma-separated baselines measured in the same run (default pynative,torch; '' for none); "
                              "onnxruntime runs the export's ONNX files (with --model the export is made with --onnx)")
@@ -170,6 +199,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.export_dir and args.model:
         parser.error("pass either EXPORT_DIR or --model, not both")
+    if args.shapes and not args.model:
+        parser.error("--shapes goes with --model (an existing export's shapes are fixed)")
     if args.tier is None:
         args.tier = "small"
     if not 0 <= args.threshold < 10:

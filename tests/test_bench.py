@@ -142,3 +142,17 @@ def test_summary_and_flop_counter():
         assert counter.calls["unet"] == [2 * 64 * 16 + 2 * 32 * 16 + 2 * 320 * 27]
     finally:
         ms.set_context(mode=ms.GRAPH_MODE)
+
+
+def test_shapes_override_takes_a_tier_or_key_values(capsys):
+    from video_aot.benchmarks.cli import parse_shapes
+
+    assert parse_shapes("small", "svd-xt") == {"frames": 4, "height": 64, "width": 64, "decode_chunk_size": 2,
+                                                "batch": 1}
+    assert parse_shapes("frames=8,width=96", "svd-xt") == {"frames": 8, "width": 96}
+    for bad in ("frames", "depth=3", "frames=0", "frames=x", "huge"):
+        with pytest.raises(ValueError, match="--shapes takes"):
+            parse_shapes(bad, "svd-xt")
+    with pytest.raises(SystemExit):
+        bench_main(["some-export", "--shapes", "small"])
+    assert "--shapes goes with --model" in capsys.readouterr().err
