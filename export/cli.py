@@ -75,6 +75,10 @@ def main(argv=None) -> int:
                         help="also write an ONNX file next to each MindIR graph, checked against it with onnxruntime "
                              "(generate-video --backend onnxruntime); graphs that cannot be exported are named in "
                              "the manifest's onnx_unavailable with the reason")
+    parser.add_argument("--no-expand-broadcasts", dest="expand_broadcasts", action="store_false",
+                        help="write the MindIR as traced. By default every elementwise op that broadcasts a tensor "
+                             "gets an explicit BroadcastTo first (same values; MindSpore's CPU kernels otherwise keep "
+                             "about 4x such an op's output for the life of the graph)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing export")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the manifest that would be written (graphs and static shapes) and stop")
@@ -98,7 +102,7 @@ def main(argv=None) -> int:
                      weights=args.weights, random_weights=args.random_weights, force=args.force,
                      variant=args.variant, validate=args.validate, forward_chunking=args.forward_chunking,
                      tiling=args.tiling, with_video_encoder=args.with_video_encoder, dry_run=args.dry_run,
-                     onnx=args.onnx, **options)
+                     onnx=args.onnx, expand_broadcasts=args.expand_broadcasts, **options)
     except (ValueError, RuntimeError, OSError) as err:
         print(f"export-model: error: {err}", file=sys.stderr)
         return 2

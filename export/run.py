@@ -61,10 +61,12 @@ def _graph_dtypes(graphs, dtype, components: tuple, plan_dtype, pipeline: str, w
 def export_model(model: str, out: str, frames: int, height: int, width: int, batch: int = 1, dtype=None,
                  decode_chunk_size: Optional[int] = None, weights: Optional[str] = None, random_weights: bool = False,
                  force: bool = False, variant: Optional[str] = None, validate: bool = False, log=print,
-                 dry_run: bool = False, onnx: bool = False, **options):
+                 dry_run: bool = False, onnx: bool = False, expand_broadcasts: bool = True, **options):
     """``options``: family-specific export options passed to the family's plan (e.g. the t2v
     family's ``forward_chunking="1:1"``); options left at None are not passed. ``onnx``: also write
     an ONNX file next to each MindIR graph the ONNX exporter can take (export/onnx.py).
+    ``expand_broadcasts``: write each MindIR with its broadcasting elementwise ops' inputs expanded
+    (export/writer.trace_graph; the same values in far less memory on MindSpore's CPU runtime).
 
     ``dtype``: one dtype for every graph ("fp32", "fp16", "bf16"), or a per-component plan
     ("transformer=bf16,text_encoder=fp16,vae=fp16", or a dict); components a plan does not name are fp32.
@@ -101,6 +103,7 @@ def export_model(model: str, out: str, frames: int, height: int, width: int, bat
         "weights": str(source.weights) if source.weights else "random", "variant": variant,
     }
     manifest["export_options"] = export_options  # plan_from_manifest() replays exactly this plan
+    manifest["broadcasts_expanded"] = bool(expand_broadcasts)
     manifest["export_key"] = export_key({
         "manifest": {k: v for k, v in manifest.items()},
         "graphs": [(s.name, s.to_json()) for s, _ in graphs],
@@ -110,7 +113,8 @@ def export_model(model: str, out: str, frames: int, height: int, width: int, bat
     })
     if dry_run:  # what would be written, without building or tracing any network
         return {**manifest, "graphs": {spec.name: spec.to_json() for spec, _ in graphs}}
-    return write_export(out, graphs, manifest, force=force, validate=validate, log=log, onnx=onnx)
+    return write_export(out, graphs, manifest, force=force, validate=validate, log=log, onnx=onnx,
+                        expand_broadcasts=expand_broadcasts)
 
 
 def plan_from_manifest(manifest) -> list:

@@ -40,11 +40,18 @@ def _graph_files(folder: Path, name: str) -> tuple[str, list[str]]:
     raise ExportError(f"MindSpore wrote no MindIR for graph {name!r} in {folder}")
 
 
-def trace_graph(folder: Path, spec: GraphSpec, cell, validate: bool = False) -> dict:
+def trace_graph(folder: Path, spec: GraphSpec, cell, validate: bool = False, expand: bool = True) -> dict:
     """ms.export one cell with its declared static inputs; optionally check the written graph
-    against the eager cell on the same dummy inputs. Returns the manifest entry."""
+    against the eager cell on the same dummy inputs. Returns the manifest entry.
+
+    ``expand``: rewrite the written MindIR so that no elementwise op broadcasts a tensor input
+    (runtime/backends.expand_broadcasts; the same values). MindSpore 2.7.1's CPU kernels keep about 4x a
+    broadcasting op's output for the life of the compiled graph, which was most of a loaded graph's memory
+    (benchmarks/NOTES.md, "Where the memory goes")."""
     import mindspore as ms
     from mindspore import nn
+
+    from video_aot.runtime.backends import expand_mindir
 
     inputs = [ms.Tensor(a) for a in spec.dummy_inputs()]
     start = time.perf_counter()
@@ -52,6 +59,10 @@ def trace_graph(folder: Path, spec: GraphSpec, cell, validate: bool = False) -> 
     seconds = time.perf_counter() - start
     load_file, files = _graph_files(folder, spec.name)
     entry = {"file": load_file, "files": files, **spec.to_json(), "export_seconds": round(seconds, 3)}
+    if expand:
+        start = time.perf_counter()
+        entry["broadcasts_expanded"] = expand_mindir(folder / load_file, folder / load_file)
+        entry["expand_seconds"] = round(time.perf_counter() - start, 3)
     if validate:
         eager = cell(*inputs)
         graph = nn.GraphCell(ms.load(str(folder / load_file)))(*inputs)
@@ -125,7 +136,7 @@ def remove_stale_partials(out_dir: Path):
 
 
 def write_export(out_dir, graphs, manifest: dict, force: bool = False, validate: bool = False, log=print,
-                 onnx: bool = False) -> Path:
+                 onnx: bool = False, expand_broadcasts: bool = True) -> Path:
     """``graphs``: list of (GraphSpec, cell_factory) where the factory builds the cell on demand
     (so only one network needs to be alive at a time). ``manifest``: family fields; the graph
     entries, checksums and versions are added here. An optional ``manifest["assets"]`` maps
@@ -159,7 +170,7 @@ def write_export(out_dir, graphs, manifest: dict, force: bool = False, validate:
         for spec, factory in graphs:
             log(f"tracing {spec.name}: inputs " + ", ".join(f"{t.name}{list(t.shape)}" for t in spec.inputs))
             cell = factory()
-            entries[spec.name] = trace_graph(work, spec, cell, validate=validate)
+            entries[spec.name] = trace_graph(work, spec, cell, validate=validate, expand=expand_broadcasts)
             if onnx:
                 from .onnx import OnnxUnavailable, trace_onnx
 

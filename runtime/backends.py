@@ -73,11 +73,10 @@ def expand_broadcasts(graph, prim: str) -> int:
     return count
 
 
-def load_expanded(path: Path, workdir=None):
-    """``ms.load`` of the MindIR at ``path`` after ``expand_broadcasts`` on every graph in it. The rewritten
-    file goes to a temporary folder (a split export's variables folder is linked next to it) that is removed
-    once loaded. Returns (FuncGraph, number of inputs expanded)."""
-    import mindspore as ms
+def expand_mindir(path: Path, target: Path) -> int:
+    """Read the MindIR at ``path``, ``expand_broadcasts`` in every graph of it and write it to ``target``
+    (which may be ``path``). Export does this once to each graph it writes (export/writer.py); loading an
+    export written without it can do it on the fly (``load_expanded``). Returns the number of inputs expanded."""
     from mindspore.train import mind_ir_pb2
 
     model = mind_ir_pb2.ModelProto()
@@ -88,14 +87,28 @@ def load_expanded(path: Path, workdir=None):
                              prim_type=mind_ir_pb2.PrimitiveProto.PRIMITIVE_FUNCTION)
         prims = ["BroadcastTo:expand"]
     count = sum(expand_broadcasts(g, prims[0]) for g in [model.graph, *model.functions])
+    if count or target != path:
+        data = model.SerializeToString()
+        del model
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    return count
+
+
+def load_expanded(path: Path, workdir=None):
+    """``ms.load`` of the MindIR at ``path`` after ``expand_mindir``. The rewritten file goes to a temporary
+    folder (a split export's variables folder is linked next to it) that is removed once loaded. Returns
+    (FuncGraph, number of inputs expanded)."""
+    import mindspore as ms
+
     with tempfile.TemporaryDirectory(prefix="expanded-", dir=workdir) as tmp:
         target = Path(tmp) / path.name
         if path.name.endswith("_graph.mindir"):
             variables = path.parent / (path.name[:-len("_graph.mindir")] + "_variables")
             if variables.is_dir():
                 os.symlink(variables.resolve(), Path(tmp) / variables.name)
-        target.write_bytes(model.SerializeToString())
-        del model
+        count = expand_mindir(path, target)
         return ms.load(str(target)), count
 
 
@@ -130,8 +143,9 @@ class MindSporeBackend:
         import mindspore as ms
 
         self.device_target = device_target
-        # opt-in: rewrite each loaded MindIR so that no elementwise op broadcasts (see expand_broadcasts);
-        # None reads VIDEO_AOT_EXPAND_BROADCASTS=1, so that bench-model and the servers can be measured with it
+        # export-model writes every graph expanded already (export/writer.py); this rewrites each MindIR again
+        # at load, for exports written with --no-expand-broadcasts or before. None reads
+        # VIDEO_AOT_EXPAND_BROADCASTS=1
         if expand_broadcasts is None:
             expand_broadcasts = os.environ.get("VIDEO_AOT_EXPAND_BROADCASTS", "0") == "1"
         self.expand_broadcasts = expand_broadcasts
