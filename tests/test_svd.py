@@ -138,7 +138,7 @@ def test_onnxruntime_pipeline_matches_diffusers(snapshot, exports):
 
 
 def test_onnxruntime_refuses_graphs_without_onnx(exports, tmp_path):
-    with pytest.raises(ExportInvalid, match="graph image_encoder has no ONNX artifact .*exported without --onnx"):
+    with pytest.raises(ExportInvalid, match="graph unet has no ONNX artifact .*exported without --onnx"):
         load_pipeline(exports["b"], backend="onnxruntime")
     # a graph the exporter could not take is named with the reason the export recorded
     copy = tmp_path / "export"
@@ -156,6 +156,27 @@ def test_onnxruntime_refuses_graphs_without_onnx(exports, tmp_path):
     assert load_pipeline(exports["a"], expand_broadcasts=False).backend.name == "mindspore"
     assert load_pipeline(copy).backend.name != "onnxruntime"
     assert load_pipeline(exports["b"]).backend.name != "onnxruntime"
+
+
+def test_graphs_load_largest_first(exports):
+    """ms.load briefly holds twice the graph it loads: the largest goes first so that transient does not
+    stack on the graphs already loaded. self.graphs keeps the pipeline's own order."""
+    from video_aot.runtime import backends
+
+    inner = backends.make_backend("onnxruntime")  # cheap to load; the order is the pipeline's, not the backend's
+    order = []
+
+    class Recording:
+        name, artifact = inner.name, inner.artifact
+
+        def load(self, path):
+            order.append(Path(path).stem)
+            return inner.load(path)
+
+    pipe = load_pipeline(exports["a"], backend=Recording())
+    sizes = {name: pipe._graph_bytes(name) for name in order}
+    assert order == sorted(sizes, key=sizes.get, reverse=True) and len(order) == len(pipe.graphs) >= 4
+    assert order[0] == "unet" and list(pipe.graphs) == [n for n in pipe.graph_names if n in pipe.graphs]
 
 
 def test_output_types_and_seed(pipelines):
@@ -248,11 +269,11 @@ def test_interrupted_export_leaves_nothing(snapshot, exports, tmp_path, monkeypa
     real = writer.trace_graph
     calls = []
 
-    def failing(work, spec, cell, validate=False):
+    def failing(work, spec, cell, **kwargs):
         calls.append(spec.name)
         if len(calls) == 2:
             raise KeyboardInterrupt("simulated interruption")
-        return real(work, spec, cell, validate)
+        return real(work, spec, cell, **kwargs)
 
     monkeypatch.setattr(writer, "trace_graph", failing)
     out = tmp_path / "out"
