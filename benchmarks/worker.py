@@ -47,7 +47,7 @@ def build_request(call, shapes: dict, steps: int, seed: int = 0) -> dict:
 
     params = inspect.signature(call).parameters
     height, width = shapes["height"], shapes["width"]
-    frames = shapes.get("num_frames", shapes.get("frames"))
+    frames = shapes.get("num_frames", shapes.get("frames", shapes.get("video_length")))
     rng = np.random.default_rng(seed)
     candidates = {
         "image": Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8)),
@@ -55,7 +55,11 @@ def build_request(call, shapes: dict, steps: int, seed: int = 0) -> dict:
         "height": height,
         "width": width,
         "num_frames": frames,
+        "video_length": frames,  # Text2Video-Zero's name for it
         "num_inference_steps": steps,
+        # Text2Video-Zero warps at step t0 and re-noises to t1, both counted within the steps (t0 < t1 < steps)
+        "t0": max(steps - 2, 0),
+        "t1": steps - 1,
         "decode_chunk_size": shapes.get("decode_chunk_size"),
         "output_type": "np",
     }

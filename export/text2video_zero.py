@@ -148,4 +148,15 @@ TINY_MODELS = {
         "components": ("unet", "vae", "text_encoder"),
         "tokenizer": "generated",
     },
+    # The benchmarks' `small` tier: Stable Diffusion 1.5's UNet and VAE whole (0.86 B + 0.08 B; the exported
+    # pipeline holds the UNet twice, as its plain and cross-frame graphs) and the CLIP text tower at its real
+    # width with 4 of its 12 layers.
+    "small-text2video-zero": {
+        "base": "text2video-zero",
+        "configs": {"text_encoder/config.json": {"num_hidden_layers": 4, "torch_dtype": "float32"}},
+        "components": ("unet", "vae", "text_encoder"),
+        "tokenizer": "generated",
+        "note": "Stable Diffusion 1.5's UNet and VAE at full size with random weights; the CLIP text tower keeps "
+                "4 of its 12 layers.",
+    },
 }

@@ -8,7 +8,6 @@ import copy
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -156,3 +155,22 @@ def test_shapes_override_takes_a_tier_or_key_values(capsys):
     with pytest.raises(SystemExit):
         bench_main(["some-export", "--shapes", "small"])
     assert "--shapes goes with --model" in capsys.readouterr().err
+
+
+def test_build_request_uses_each_pipelines_own_names():
+    from video_aot.benchmarks.worker import build_request
+
+    def t2v_zero(prompt, video_length=8, height=None, width=None, num_inference_steps=50, t0=44, t1=47,
+                 output_type="tensor"):
+        pass
+
+    def svd(image, height=576, width=1024, num_frames=None, num_inference_steps=25, decode_chunk_size=None,
+            output_type="pil"):
+        pass
+
+    shapes = {"video_length": 3, "height": 32, "width": 48, "decode_chunk_size": 2}
+    request = build_request(t2v_zero, shapes, steps=3)
+    assert request["video_length"] == 3 and (request["t0"], request["t1"]) == (1, 2)
+    assert "num_frames" not in request and "image" not in request and request["output_type"] == "np"
+    request = build_request(svd, {"num_frames": 4, "height": 64, "width": 64, "decode_chunk_size": 2}, steps=2)
+    assert request["num_frames"] == 4 and "t0" not in request and "video_length" not in request
