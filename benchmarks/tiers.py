@@ -38,8 +38,9 @@ TIERS = {
                  steps=2, warmup=1, repeats=3, graph_kernel=False,
                  description="test configs: the real block structure with small widths; a smoke run"),
     # 4 frames at 64x64: chosen when MindSpore 2.7.1's compiled CPU graphs held ~15 GB for this UNet at
-    # 128x128 (broadcasting ops' kernel buffers, expanded at export since; NOTES.md); kept so records compare. Graph-kernel fusion
-    # is off: at this shape it did not speed the UNet step up and tripled its compile time (NOTES.md).
+    # 128x128 (broadcasting ops' kernel buffers, expanded at export since; NOTES.md); kept so records compare.
+    # Graph-kernel fusion is off: at this shape it did not speed the UNet step up and tripled its compile
+    # time (NOTES.md).
     "small": Tier("small", "small-{model}", dict(frames=4, height=64, width=64, decode_chunk_size=2, batch=1),
                   steps=2, warmup=1, repeats=3, rounds=3, graph_kernel=False,
                   description="the real widths and heads with random weights at a reduced shape, and less "

@@ -254,17 +254,21 @@ def _hook(obj, method: str, recorder: StageRecorder, stage: str):
 
 
 def _components_without_weights(snapshot: Path) -> dict:
-    """name -> None for model_index components with no folder, or whose folder holds a config but no weights (e.g. the
-    generated AnimateDiff snapshots keep the preset's motion_adapter/config.json while the motion modules
-    live in unet/): diffusers would fail to load them; the pipelines take them as optional."""
+    """name -> None for model_index components the snapshot has no folder for (Text2Video-Zero's safety_checker
+    and feature_extractor, which the generated snapshots leave out), or whose folder holds a config but no
+    weights (the generated AnimateDiff snapshots keep the preset's motion_adapter/config.json while the motion
+    modules live in unet/): diffusers would fail to load them; the pipelines take them as optional."""
     index = json.loads((snapshot / "model_index.json").read_text())
     weights = ("*.safetensors", "*.bin", "*.ckpt")
-    # a component the snapshot does not hold at all (Text2Video-Zero's safety_checker and feature_extractor,
-    # which the generated snapshots leave out) is passed as None too, as diffusers' own examples do
+
+    def absent(name):
+        folder = snapshot / name
+        if not folder.is_dir():
+            return True
+        return (folder / "config.json").is_file() and not any(any(folder.glob(w)) for w in weights)
+
     return {name: None for name, value in index.items()
-            if isinstance(value, list) and value[0] is not None and not (snapshot / name).is_dir()
-            or isinstance(value, list) and (snapshot / name / "config.json").is_file()
-            and not any(any((snapshot / name).glob(w)) for w in weights)}
+            if isinstance(value, list) and value[0] is not None and absent(name)}
 
 
 def _transformers_compat(pipe):

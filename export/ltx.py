@@ -323,8 +323,9 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
 # bench-model's small tier: LTX-Video's real widths and heads (transformer 32 heads x 64 = 2048 wide,
 # caption 4096; T5-XXL 4096 wide, 64 heads; the VAE's real channels) with less depth, for memory: the
 # transformer keeps 2 of its 28 blocks, T5 1 of its 24 layers and every VAE decoder block (and the mid
-# block) 1 resnet layer. MindSpore 2.7.1's compiled CPU graphs held 2-3x their weights (before broadcasts were expanded at export) at run time (the
-# CogVideoX small tier's exported process, with 2 T5 layers, peaked at 12.4 GB), and 0.9.1's real decoder
+# block) 1 resnet layer. MindSpore 2.7.1's compiled CPU graphs held 2-3x their weights at run time before
+# broadcasts were expanded at export (the CogVideoX small tier's exported process, with 2 T5 layers, peaked
+# at 12.4 GB then), and 0.9.1's real decoder
 # alone is 0.75 B parameters (its 1024-wide mid block 8 layers deep).
 _LTX_SMALL = {
     "transformer/config.json": {"num_layers": 2},
@@ -350,7 +351,7 @@ for _preset in ("ltx-video-0.9.0", "ltx-video-0.9.1", "ltx-video-0.9.5"):
         "note": "LTX-Video's real widths and heads (transformer 32x64 = 2048 wide, caption 4096; T5-XXL 4096 wide, "
                 "64 heads; the VAE's real channels, decoder 256/512/1024) with random weights; the transformer keeps "
                 "2 of its 28 blocks, T5 1 of its 24 layers, and each VAE decoder block and the mid block 1 resnet "
-                "layer (0.9.1: 5/6/7/8), for memory: MindSpore 2.7.1's compiled CPU graphs held 2-3x their weights (before broadcasts were expanded at export) "
-                "and the real 0.9.1 decoder alone is 0.75 B parameters.",
+                "layer (0.9.1: 5/6/7/8), for memory: MindSpore 2.7.1's compiled CPU graphs held 2-3x their weights "
+                "(before broadcasts were expanded at export) and the real 0.9.1 decoder alone is 0.75 B parameters.",
     }
 TINY_MODELS["small-ltx-video"] = dict(TINY_MODELS["small-ltx-video-0.9.1"])

@@ -203,7 +203,8 @@ TINY_MODELS = {
     # T5-XXL 4096 wide with 64 heads, the VAE's real channels) with less depth, for memory: the transformer
     # keeps 2 of its 48 blocks (a full dual-stream one and the last, context_pre_only), T5 1 of its 24
     # layers and each VAE block 1 resnet layer (3/3/4/6/3). With 4 blocks, 2 T5 layers and the real VAE the
-    # snapshot was 1.87 B parameters; MindSpore 2.7.1's compiled CPU graphs held 2-3x their weights (before broadcasts were expanded at export).
+    # snapshot was 1.87 B parameters; MindSpore 2.7.1's compiled CPU graphs held 2-3x their weights (before
+    # broadcasts were expanded at export).
     "small-mochi-1": {
         "base": "mochi-1",
         "configs": {
@@ -217,7 +218,8 @@ TINY_MODELS = {
         "note": "Mochi-1's real widths and heads (transformer 24x128 heads, caption stream 1536, T5-XXL 4096 wide "
                 "with 64 heads, the VAE's real channels) with random weights; the transformer keeps 2 of its 48 blocks "
                 "(the last context_pre_only), the T5 encoder 1 of its 24 layers and each VAE block 1 resnet layer "
-                "(of 3/3/4/6/3), for memory: MindSpore 2.7.1's compiled CPU graphs held 2-3x their weights (before broadcasts were expanded at export), and with "
+                "(of 3/3/4/6/3), for memory: MindSpore 2.7.1's compiled CPU graphs held 2-3x their weights (before "
+                "broadcasts were expanded at export), and with "
                 "4 blocks, 2 T5 layers and the real VAE the snapshot was 1.87 B parameters.",
     },
     "full-mochi-1": {

@@ -42,7 +42,8 @@ TINY = {
     # 16 heads), with less depth so that the exported graphs fit a shared 24 GB machine: MindSpore 2.7.1
     # appeared to hold about 3x a graph's weights once a loaded MindIR is compiled (later found to be the
     # broadcasting ops' kernel buffers, expanded at export since; the full tier now runs at this tier's shape,
-    # `bench-model --tier full --shapes small`). Kept as it was so that small-tier records compare. Dropped: the UNet's fourth level (the attention-free 1280-wide DownBlock and
+    # `bench-model --tier full --shapes small`). Kept as it was so that small-tier records compare.
+    # Dropped: the UNet's fourth level (the attention-free 1280-wide DownBlock and
     # its UpBlock; the 1280-wide transformer stays in the mid block) and 28 of the image tower's 32 layers.
     # 0.9 B parameters.
     "small-svd-xt": {
@@ -61,8 +62,8 @@ TINY = {
         "note": "SVD-XT's real widths and heads (UNet 320/640/1280, heads 5/10/20, 2 layers per block, "
                 "cross-attention 1024; the real temporal VAE 128/256/512/512; CLIP ViT-H/14 width 1280, 16 heads) "
                 "with random weights. Reduced depth, for memory: the UNet's fourth level (attention-free, 1280 wide) "
-                "is dropped and the image tower keeps 4 of its 32 layers, because MindSpore 2.7.1 appeared to hold ~3x a "
-                "graph's weights once a loaded MindIR is compiled (found later: the broadcasting ops' kernel "
+                "is dropped and the image tower keeps 4 of its 32 layers, because MindSpore 2.7.1 appeared to hold "
+                "~3x a graph's weights once a loaded MindIR is compiled (found later: the broadcasting ops' kernel "
                 "buffers, expanded at export since 2026-12-03; the full tier now runs at this shape).",
     },
     # UNet3D family (ModelScope text-to-video-ms-1.7b; zeroscope shares the architecture). The generated
