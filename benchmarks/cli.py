@@ -92,8 +92,6 @@ def run_benchmark(args, log=print) -> dict:
               "compile_cache": compile_cache}
     graph_kernel = settings_tier.graph_kernel if args.graph_kernel is None else args.graph_kernel
     backend_options = {"graph_kernel": graph_kernel}
-    if args.expand_broadcasts:
-        backend_options["expand_broadcasts"] = True
     rounds = args.rounds or settings_tier.rounds
     if rounds < 1:
         raise ValueError(f"--rounds must be at least 1, got {rounds}")
@@ -162,9 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --model: the static shapes of another tier (e.g. --tier full --shapes small: the "
                              "full architecture at the small tier's shape) or KEY=INT,... (frames, height, width, "
                              "decode_chunk_size, batch) over the tier's")
-    parser.add_argument("--expand-broadcasts", action="store_true",
-                        help="load the exported MindIR with every broadcasting elementwise op expanded "
-                             "(MindSporeBackend(expand_broadcasts=True)); recorded in the settings")
     parser.add_argument("--baselines", default="pynative,torch",
                         help="comma-separated baselines measured in the same run (default pynative,torch; '' for none); "
                              "onnxruntime runs the export's ONNX files (with --model the export is made with --onnx)")
