@@ -1,7 +1,15 @@
 """ONNX artifacts of the exported graphs, for the onnxruntime backend (runtime/backends.py).
 
-Each graph's cell is traced a second time with ``ms.export(..., file_format="ONNX")``; the same
-network, the same static shapes. MindSpore 2.7.1's ONNX exporter needs three kinds of help:
+Each graph's cell is traced a second time by MindSpore's ONNX exporter (the steps of
+``ms.export(..., file_format="ONNX")``); the same network, the same static shapes. The weights go to
+``NAME.onnx.data`` (ONNX external data), not into the protobuf: the exporter serialises them inline
+and refuses a network over protobuf's 2 GB, which every full-size UNet and transformer is. So after
+the trace is compiled and before the ONNX proto is built, each parameter's values are written to the
+data file and the cell holds a one-element placeholder; the initializers the exporter writes for the
+placeholders are then pointed at the data file with their real shapes, and the cell reads its
+weights back from the file. The weights are in memory once throughout.
+
+MindSpore 2.7.1's ONNX exporter needs three more kinds of help:
 
 - It has no converter for Rsqrt or Erf. While the ONNX trace runs (``exporter_ops``),
   ``mindspore.ops.rsqrt`` is written as ``1 / sqrt`` and ``mindspore.ops.erf`` as ``ops.acos``, a
@@ -33,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import mindspore as ms
 import numpy as np
@@ -47,6 +56,7 @@ _ACOS = ops.acos
 
 
 ONNX_TOLERANCE = 5e-3  # relative L2 of onnxruntime against the MindIR graph (fp32); see the module docstring
+DATA_ALIGNMENT = 4096  # each weight starts on a page in NAME.onnx.data
 
 
 class OnnxUnavailable(RuntimeError):
@@ -113,43 +123,133 @@ def finish(model, spec: GraphSpec) -> dict:
     return {"erf": erf, "conv_pads": conv}
 
 
+class _Moved(NamedTuple):
+    """Where one parameter's bytes went in the data file."""
+    offset: int
+    length: int
+    onnx_type: int  # the ONNX element type
+    shape: tuple
+    dtype: object  # the parameter's MindSpore dtype
+    stored: object  # the numpy dtype of the stored bytes (uint16 for bfloat16, which numpy lacks)
+
+
+def _host_array(param) -> tuple[np.ndarray, int]:
+    """The parameter's bytes as an array, and their ONNX element type."""
+    from onnx import TensorProto, helper
+
+    if param.dtype == ms.bfloat16:  # a bfloat16 is the upper half of a float32's bits
+        bits = (param.astype(ms.float32).asnumpy().view(np.uint32) >> 16).astype(np.uint16)
+        return bits, TensorProto.BFLOAT16
+    array = param.asnumpy()
+    return array, helper.np_dtype_to_tensor_dtype(array.dtype)
+
+
+def _weights_out(cell, data: Path) -> dict:
+    """Move every parameter of ``cell`` into the file ``data``, each on a page of its own, and leave a
+    one-element placeholder in the cell. Returns name -> _Moved."""
+    moved = {}
+    with open(data, "wb") as fh:
+        for param in cell.get_parameters():
+            array, onnx_type = _host_array(param)
+            array = np.ascontiguousarray(array)
+            offset = fh.seek(-fh.tell() % DATA_ALIGNMENT + fh.tell())
+            fh.write(array.tobytes())
+            moved[param.name] = _Moved(offset, array.nbytes, onnx_type, tuple(param.shape), param.dtype, array.dtype)
+            del array
+            param.set_data(ms.Tensor(np.zeros((1,), np.float32)).astype(param.dtype), slice_shape=True)
+    return moved
+
+
+def _weights_back(cell, data: Path, moved: dict):
+    """Undo _weights_out: each moved parameter reads its values back from ``data``."""
+    for param in cell.get_parameters():
+        if param.name not in moved:
+            continue
+        m = moved[param.name]
+        array = np.fromfile(data, dtype=m.stored, count=m.length // m.stored.itemsize, offset=m.offset)
+        array = array.reshape(m.shape)
+        if m.dtype == ms.bfloat16:
+            value = ms.Tensor((array.astype(np.uint32) << 16).view(np.float32)).astype(ms.bfloat16)
+        else:
+            value = ms.Tensor(array)
+        param.set_data(value, slice_shape=True)
+
+
+def _point_to_data(model, data: Path, moved: dict):
+    """Every initializer the exporter wrote for a moved parameter now names its bytes in ``data``."""
+    from onnx import TensorProto
+
+    for tensor in model.graph.initializer:
+        if tensor.name not in moved:
+            continue
+        m = moved[tensor.name]
+        tensor.ClearField("raw_data")
+        del tensor.dims[:]
+        tensor.dims.extend(m.shape)
+        tensor.data_type = m.onnx_type
+        tensor.data_location = TensorProto.EXTERNAL
+        del tensor.external_data[:]
+        for key, value in (("location", data.name), ("offset", str(m.offset)), ("length", str(m.length))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+
+
 def trace_onnx(folder: Path, spec: GraphSpec, cell, mindir: Path) -> dict:
-    """Write ``folder/NAME.onnx`` for ``cell`` and check it against the MindIR graph at ``mindir``.
-    Returns the manifest's ``onnx`` entry for the graph; raises OnnxUnavailable with the reason."""
-    from mindspore import nn
-
-    target = folder / f"{spec.name}.onnx"
-    inputs = spec.dummy_inputs()
-    start = time.perf_counter()
+    """Write ``folder/NAME.onnx`` (the graph) and ``NAME.onnx.data`` (its weights) for ``cell`` and
+    check them against the MindIR graph at ``mindir``. Returns the manifest's ``onnx`` entry for the
+    graph; raises OnnxUnavailable with the reason (and leaves neither file behind)."""
+    target, data = folder / f"{spec.name}.onnx", folder / f"{spec.name}.onnx.data"
     try:
-        with exporter_ops():
-            ms.export(cell, *[ms.Tensor(a) for a in inputs], file_name=str(folder / spec.name), file_format="ONNX")
-    except Exception as err:  # the exporter's own message names the op it has no converter for
-        target.unlink(missing_ok=True)
-        raise OnnxUnavailable(f"MindSpore's ONNX exporter failed: {str(err).strip().splitlines()[0]}") from None
-    import onnx
-
-    try:
-        model = onnx.load(str(target))
-        fixes = finish(model, spec)
-        onnx.save(model, str(target))
-        del model
-        traced = time.perf_counter()
-        outs = OnnxRuntimeGraph(target)(*inputs)
+        return _write_checked(spec, cell, mindir, target, data)
     except OnnxUnavailable:
         target.unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
         raise
-    except Exception as err:  # onnxruntime refused the graph (shape inference, an unknown op)
-        target.unlink(missing_ok=True)
-        raise OnnxUnavailable(f"onnxruntime cannot run the exported graph: {str(err).strip().splitlines()[0]}") \
-            from None
+
+
+def _write_checked(spec: GraphSpec, cell, mindir: Path, target: Path, data: Path) -> dict:
+    from mindspore import nn
+    from mindspore.common.api import _cell_graph_executor as executor
+
+    inputs = spec.dummy_inputs()
+    start = time.perf_counter()
+    training, moved = cell.training, {}
+    cell.set_train(False)
+    try:
+        try:  # what ms.export(..., file_format="ONNX") does, with the weights taken out before the proto is built
+            with exporter_ops():
+                graph_id, _ = executor.compile(cell, *[ms.Tensor(a) for a in inputs], phase="export.onnx",
+                                               do_convert=False)
+            moved = _weights_out(cell, data)
+            stream = executor._get_func_graph_proto(cell, graph_id)
+        except Exception as err:  # the exporter's own message names the op it has no converter for
+            raise OnnxUnavailable(f"MindSpore's ONNX exporter failed: {str(err).strip().splitlines()[0]}") from None
+        import onnx
+
+        try:
+            model = onnx.load_from_string(stream)
+            del stream
+            fixes = finish(model, spec)
+            _point_to_data(model, data, moved)
+            onnx.save(model, str(target))
+            del model
+            traced = time.perf_counter()
+            outs = OnnxRuntimeGraph(target)(*inputs)
+        except OnnxUnavailable:
+            raise
+        except Exception as err:  # onnxruntime refused the graph (shape inference, an unknown op)
+            raise OnnxUnavailable(f"onnxruntime cannot run the exported graph: {str(err).strip().splitlines()[0]}") \
+                from None
+    finally:
+        _weights_back(cell, data, moved)
+        cell.set_train(training)
     expected = nn.GraphCell(ms.load(str(mindir)))(*[ms.Tensor(a) for a in inputs])
     expected = expected if isinstance(expected, (tuple, list)) else (expected,)
     errors = [rel_l2(o, e.asnumpy()) for o, e in zip(outs, expected)]
     tolerance = max(spec.tolerance, ONNX_TOLERANCE)
     if len(outs) != len(expected) or max(errors) > tolerance or not all(np.isfinite(errors)):
-        target.unlink(missing_ok=True)
         raise OnnxUnavailable(f"onnxruntime's output differs from the MindIR graph on the dummy inputs "
                               f"(relative L2 {max(errors):.3g} > tolerance {tolerance})")
-    return {"file": target.name, "rel_l2_vs_mindir": errors, "tolerance": tolerance, **fixes,
-            "export_seconds": round(traced - start, 3), "check_seconds": round(time.perf_counter() - traced, 3)}
+    return {"file": target.name, "files": [target.name, data.name], "rel_l2_vs_mindir": errors,
+            "tolerance": tolerance, **fixes, "export_seconds": round(traced - start, 3),
+            "check_seconds": round(time.perf_counter() - traced, 3)}

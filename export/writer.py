@@ -142,8 +142,8 @@ def write_export(out_dir, graphs, manifest: dict, force: bool = False, validate:
     entries, checksums and versions are added here. An optional ``manifest["assets"]`` maps
     export-relative paths to source files (a tokenizer, say) that are copied into the export and
     checksummed like the graphs; the written manifest lists their relative paths. ``onnx``: also
-    write NAME.onnx for every graph the ONNX exporter can take (export/onnx.py); each graph entry
-    names its ONNX file, and ``manifest["onnx_unavailable"]`` names every other graph with the reason."""
+    write NAME.onnx (and its weights, NAME.onnx.data) for every graph the ONNX exporter can take
+    (export/onnx.py); each graph entry names its ONNX files, and ``manifest["onnx_unavailable"]`` names every other graph with the reason."""
     import mindspore as ms
 
     out_dir = Path(out_dir).resolve()
@@ -187,7 +187,7 @@ def write_export(out_dir, graphs, manifest: dict, force: bool = False, validate:
             shutil.copyfile(source, target)
         files = {}
         for entry in entries.values():
-            for rel in entry["files"] + ([entry["onnx"]["file"]] if "onnx" in entry else []):
+            for rel in entry["files"] + (entry["onnx"]["files"] if "onnx" in entry else []):
                 files[rel] = sha256_file(work / rel)
         for rel in assets:
             files[rel] = sha256_file(work / rel)

@@ -55,13 +55,15 @@ class GraphEntry:
     inputs: tuple  # TensorSpec, in call order
     outputs: tuple
     onnx: str | None = None  # the graph's ONNX file (export-model --onnx), relative to the export
+    onnx_files: tuple = ()  # the ONNX file and its external weights (an older export: the file alone)
 
     @classmethod
     def from_json(cls, name: str, raw: dict) -> "GraphEntry":
         return cls(name, raw["file"], tuple(raw.get("files", [raw["file"]])),
                    tuple(TensorSpec.from_json(t) for t in raw["inputs"]),
                    tuple(TensorSpec.from_json(t) for t in raw["outputs"]),
-                   raw["onnx"]["file"] if "onnx" in raw else None)
+                   raw["onnx"]["file"] if "onnx" in raw else None,
+                   tuple(raw["onnx"].get("files", [raw["onnx"]["file"]])) if "onnx" in raw else ())
 
 
 def _inside(root: Path, rel: str) -> bool:
@@ -182,7 +184,7 @@ def verify_export(root, check_sums: bool = True) -> Export:
                     "the artifact was modified or corrupted - re-export it"
                 )
     for name, entry in manifest.graph_entries.items():
-        for rel in entry.files + ((entry.onnx,) if entry.onnx is not None else ()):
+        for rel in entry.files + entry.onnx_files:
             if not _inside(root, rel):
                 raise ExportInvalid(f"{root}: graph {name} names {rel!r}, a path outside the export folder")
             if rel not in manifest["files"]:

@@ -46,7 +46,11 @@ def export(tmp_path_factory):
     graphs = [(GraphSpec("block", (X,), (TensorSpec("y", X.shape),)), lambda: block),
               (GraphSpec("signed", (X,), (TensorSpec("y", X.shape),)), Signed)]
     manifest = {"family": "svd", "pipeline": "StableVideoDiffusionPipeline", "shapes": {}, "export_key": "test"}
+    before = {p.name: p.asnumpy().copy() for p in block.get_parameters()}
     out = write_export(tmp_path_factory.mktemp("onnx") / "e", graphs, manifest, log=lambda *a: None, onnx=True)
+    # the weights went out to block.onnx.data during the ONNX trace and came back, bit for bit
+    after = {p.name: p.asnumpy() for p in block.get_parameters()}
+    assert after.keys() == before.keys() and all(np.array_equal(after[k], before[k]) for k in before)
     return out, block
 
 
@@ -54,12 +58,18 @@ def test_onnx_files_are_listed_checked_and_fixed(export):
     out, _ = export
     manifest = json.loads((out / "manifest.json").read_text())
     entry = manifest["graphs"]["block"]["onnx"]
-    assert entry["file"] == "block.onnx" and manifest["files"]["block.onnx"] == sha256_file(out / "block.onnx")
+    assert entry["file"] == "block.onnx" and entry["files"] == ["block.onnx", "block.onnx.data"]
+    for name in entry["files"]:
+        assert manifest["files"][name] == sha256_file(out / name)
+    # the weights are ONNX external data, not in the protobuf (which MindSpore's exporter caps at 2 GB)
+    weights = sum(p.size * 4 for p in export[1].get_parameters())
+    assert (out / "block.onnx").stat().st_size < weights <= (out / "block.onnx.data").stat().st_size
     assert entry["erf"] == 1 and entry["conv_pads"] == 2 and max(entry["rel_l2_vs_mindir"]) < 1e-5
     # the graph the exporter cannot take is named with the exporter's reason, and leaves no file
     assert list(manifest["onnx_unavailable"]) == ["signed"]
     assert "Sign" in manifest["onnx_unavailable"]["signed"]
-    assert "onnx" not in manifest["graphs"]["signed"] and not (out / "signed.onnx").exists()
+    assert "onnx" not in manifest["graphs"]["signed"]
+    assert not (out / "signed.onnx").exists() and not (out / "signed.onnx.data").exists()
 
 
 def test_onnxruntime_runs_the_layers_as_mindspore(export):
@@ -74,16 +84,39 @@ def test_onnxruntime_runs_the_layers_as_mindspore(export):
     assert np.abs(mindir - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
-def test_a_modified_onnx_file_is_refused(export, tmp_path):
+@pytest.mark.parametrize("name", ["block.onnx", "block.onnx.data"])
+def test_a_modified_onnx_file_is_refused(export, tmp_path, name):
     import shutil
 
     copy = tmp_path / "e"
     shutil.copytree(export[0], copy)
-    (copy / "block.onnx").chmod(0o644)
-    with open(copy / "block.onnx", "ab") as fh:
+    (copy / name).chmod(0o644)
+    with open(copy / name, "ab") as fh:
         fh.write(b"\0")
-    with pytest.raises(ExportInvalid, match="checksum mismatch for block.onnx"):
+    with pytest.raises(ExportInvalid, match=f"checksum mismatch for {name}"):
         verify_export(copy)
+
+
+@pytest.mark.parametrize("dtype", [ms.float16, ms.bfloat16])
+def test_half_precision_weights_go_out_and_come_back(tmp_path, dtype):
+    """The data file holds each dtype's own bytes (bfloat16 has no numpy type) and the cell gets
+    exactly its values back."""
+    from onnx import TensorProto
+
+    from video_aot.export.onnx import _weights_back, _weights_out
+
+    cell = nn.Dense(6, 5, dtype=dtype)
+    for p in cell.get_parameters():
+        p.set_data(ms.Tensor(np.random.default_rng(2).standard_normal(p.shape).astype(np.float32)).astype(dtype))
+    before = {p.name: p.astype(ms.float32).asnumpy() for p in cell.get_parameters()}
+    moved = _weights_out(cell, tmp_path / "w.data")
+    assert all(p.shape == (1,) for p in cell.get_parameters())
+    expected_type = TensorProto.FLOAT16 if dtype == ms.float16 else TensorProto.BFLOAT16
+    assert {m.onnx_type for m in moved.values()} == {expected_type}
+    assert all(m.length == 2 * int(np.prod(m.shape)) and m.offset % 4096 == 0 for m in moved.values())
+    _weights_back(cell, tmp_path / "w.data", moved)
+    for p in cell.get_parameters():
+        assert p.dtype == dtype and np.array_equal(p.astype(ms.float32).asnumpy(), before[p.name])
 
 
 def test_a_network_calling_acos_itself_is_refused(tmp_path):

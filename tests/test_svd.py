@@ -313,7 +313,9 @@ def test_manifest_contents(exports):
     assert unet["inputs"][0]["shape"] == [1, 5, 4, 16, 24]
     assert manifest["graphs"]["vae_decoder_tail"]["inputs"][0]["shape"] == [1, 4, 16, 24]
     assert set(manifest["files"]) == ({g["file"] for g in manifest["graphs"].values()} |
-                                      {g["onnx"]["file"] for g in manifest["graphs"].values()})
+                                      {f for g in manifest["graphs"].values() for f in g["onnx"]["files"]})
+    assert all(g["onnx"]["files"] == [g["onnx"]["file"], g["onnx"]["file"] + ".data"]
+               for g in manifest["graphs"].values())  # each graph's weights as ONNX external data
     assert manifest["onnx_unavailable"] == {}  # every SVD graph has its ONNX file
     assert manifest["scheduler"]["_class_name"] == "EulerDiscreteScheduler"
     assert manifest["feature_extractor"]["image_mean"]
