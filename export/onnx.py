@@ -39,6 +39,7 @@ import then fails).
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -194,16 +195,38 @@ def _point_to_data(model, data: Path, moved: dict):
             entry.key, entry.value = key, value
 
 
+def _keep_only(data: Path, moved: dict, keep) -> dict:
+    """Rewrite ``data`` with only the tensors named in ``keep`` (a graph traced from one part of a
+    network, the VAE's encoder say, leaves the other parts' weights unused); returns their new places."""
+    kept = {}
+    partial = data.with_name(data.name + ".partial")
+    with open(data, "rb") as src, open(partial, "wb") as dst:
+        for name, m in moved.items():
+            if name not in keep:
+                continue
+            offset = dst.seek(-dst.tell() % DATA_ALIGNMENT + dst.tell())
+            src.seek(m.offset)
+            left = m.length
+            while left:
+                chunk = src.read(min(left, 1 << 24))
+                dst.write(chunk)
+                left -= len(chunk)
+            kept[name] = m._replace(offset=offset)
+    os.replace(partial, data)
+    return kept
+
+
 def trace_onnx(folder: Path, spec: GraphSpec, cell, mindir: Path) -> dict:
-    """Write ``folder/NAME.onnx`` (the graph) and ``NAME.onnx.data`` (its weights) for ``cell`` and
-    check them against the MindIR graph at ``mindir``. Returns the manifest's ``onnx`` entry for the
-    graph; raises OnnxUnavailable with the reason (and leaves neither file behind)."""
+    """Write ``folder/NAME.onnx`` (the graph) and ``NAME.onnx.data`` (the weights it uses) for ``cell``
+    and check them against the MindIR graph at ``mindir``. Returns the manifest's ``onnx`` entry for the
+    graph; raises OnnxUnavailable with the reason (and leaves no file behind). The cell has its weights
+    back on return either way."""
     target, data = folder / f"{spec.name}.onnx", folder / f"{spec.name}.onnx.data"
     try:
         return _write_checked(spec, cell, mindir, target, data)
     except OnnxUnavailable:
-        target.unlink(missing_ok=True)
-        data.unlink(missing_ok=True)
+        for path in (target, data, data.with_name(data.name + ".partial")):
+            path.unlink(missing_ok=True)
         raise
 
 
@@ -229,6 +252,10 @@ def _write_checked(spec: GraphSpec, cell, mindir: Path, target: Path, data: Path
         try:
             model = onnx.load_from_string(stream)
             del stream
+            used = {t.name for t in model.graph.initializer} & moved.keys()
+            if used != moved.keys():
+                _weights_back(cell, data, {k: m for k, m in moved.items() if k not in used})
+                moved = _keep_only(data, moved, used)
             fixes = finish(model, spec)
             _point_to_data(model, data, moved)
             onnx.save(model, str(target))
@@ -240,10 +267,12 @@ def _write_checked(spec: GraphSpec, cell, mindir: Path, target: Path, data: Path
         except Exception as err:  # onnxruntime refused the graph (shape inference, an unknown op)
             raise OnnxUnavailable(f"onnxruntime cannot run the exported graph: {str(err).strip().splitlines()[0]}") \
                 from None
+        # the MindIR check runs while the cell's weights are still out: a full-size UNet is then in memory
+        # once (the MindIR graph's) and not twice
+        expected = nn.GraphCell(ms.load(str(mindir)))(*[ms.Tensor(a) for a in inputs])
     finally:
         _weights_back(cell, data, moved)
         cell.set_train(training)
-    expected = nn.GraphCell(ms.load(str(mindir)))(*[ms.Tensor(a) for a in inputs])
     expected = expected if isinstance(expected, (tuple, list)) else (expected,)
     errors = [rel_l2(o, e.asnumpy()) for o, e in zip(outs, expected)]
     tolerance = max(spec.tolerance, ONNX_TOLERANCE)
