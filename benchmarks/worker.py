@@ -171,7 +171,7 @@ def run_exported(config: dict, backend: str = "mindspore") -> dict:
         _mindspore_context(config, "graph")
     recorder = _new_recorder()
     start = time.perf_counter()
-    verify_export(config["export_dir"], check_sums=True)
+    verify_export(config["export_dir"], check_sums=True, artifact="onnx" if backend == "onnxruntime" else "mindir")
     verified = time.perf_counter()
     pipe = load_pipeline(config["export_dir"], backend=backend, check_sums=False,
                          **config.get("backend_options", {}))

@@ -19,7 +19,7 @@ def load_pipeline(export_dir, backend=None, check_sums: bool = True, pipeline: s
     from .backends import make_backend, onnx_serves
     from .families import family
 
-    export = verify_export(export_dir, check_sums=check_sums)
+    export = verify_export(export_dir, check_sums=False)  # the sums once the backend, so the artifact, is known
     try:
         spec = family(export.family)
     except ValueError as err:
@@ -30,6 +30,8 @@ def load_pipeline(export_dir, backend=None, check_sums: bool = True, pipeline: s
         backend = "onnxruntime"
     if backend is None or isinstance(backend, str):
         backend = make_backend(backend, **backend_options)
+    if check_sums:
+        export = verify_export(export.root, artifact=getattr(backend, "artifact", "mindir"))
     bf16 = [name for name in export.manifest["graphs"] if export.manifest.graph_dtype(name) == "bf16"]
     if bf16 and getattr(backend, "device_target", None) == "CPU":
         plan = export.manifest.get("dtype_plan") or {}

@@ -120,6 +120,37 @@ def test_a_modified_onnx_file_is_refused(export, tmp_path, name):
         verify_export(copy)
 
 
+@pytest.mark.parametrize("artifact, hashed, skipped", [("onnx", "block.onnx.data", "block.mindir"),
+                                                       ("mindir", "block.mindir", "block.onnx.data")])
+def test_the_sums_checked_are_the_loaded_artifacts(export, tmp_path, artifact, hashed, skipped):
+    """A backend reads one kind of graph file: the other kind's (the export's weights a second time) is
+    checked for presence, not hashed; a graph without an ONNX file keeps its MindIR hashed."""
+    import shutil
+
+    copy = tmp_path / "e"
+    shutil.copytree(export[0], copy)
+    for name in (hashed, skipped):
+        (copy / name).chmod(0o644)
+        with open(copy / name, "ab") as fh:
+            fh.write(b"\0")
+    with pytest.raises(ExportInvalid, match=f"checksum mismatch for {hashed}"):
+        verify_export(copy, artifact=artifact)
+    shutil.copyfile(export[0] / hashed, copy / hashed)
+    verify_export(copy, artifact=artifact)
+    with pytest.raises(ExportInvalid, match=f"checksum mismatch for {skipped}"):
+        verify_export(copy)
+    (copy / skipped).unlink()
+    with pytest.raises(ExportInvalid, match=f"file {skipped} listed in the manifest is missing"):
+        verify_export(copy, artifact=artifact)
+    if artifact == "onnx":  # the graph without an ONNX file is read from its MindIR, so that one is hashed
+        shutil.copyfile(export[0] / skipped, copy / skipped)
+        (copy / "signed.mindir").chmod(0o644)
+        with open(copy / "signed.mindir", "ab") as fh:
+            fh.write(b"\0")
+        with pytest.raises(ExportInvalid, match="checksum mismatch for signed.mindir"):
+            verify_export(copy, artifact=artifact)
+
+
 @pytest.mark.parametrize("dtype", [ms.float16, ms.bfloat16])
 def test_half_precision_weights_go_out_and_come_back(tmp_path, dtype):
     """The data file holds each dtype's own bytes (bfloat16 has no numpy type) and the cell gets
