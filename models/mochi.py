@@ -139,7 +139,8 @@ class MochiAttentionPool(nn.Cell):
         # x: [B, L, D]; mask: [B, L] float32 0/1 -> [B, output_dim]
         d = self.embed_dim
         b = x.shape[0]
-        weights = mask / ops.clamp(mask.sum(1, keepdims=True), min=1.0)  # [B, L]
+        # clamp(min=1) as a maximum: MindSpore's ONNX exporter cannot write a clamp without an upper bound
+        weights = mask / ops.maximum(mask.sum(1, keepdims=True), 1.0)  # [B, L]
         pooled = ops.bmm(weights[:, None, :].astype(x.dtype), x)  # [B, 1, D]
         tokens = ops.cat((pooled, x), 1)  # [B, 1 + L, D]
         kv = self.to_kv(tokens)
