@@ -100,6 +100,10 @@ def test_onnxruntime_runs_the_layers_as_mindspore(export):
     x = np.random.default_rng(1).standard_normal(X.shape).astype(np.float32)
     graph = make_backend("onnxruntime").load(out / "block.onnx")
     assert graph.input_names == ["x"] and graph.input_shapes == [X.shape]
+    # the arena is off unless asked for (it keeps its high-water mark for the session's life)
+    assert not graph.session.get_session_options().enable_cpu_mem_arena
+    assert make_backend("onnxruntime", arena=True).load(out / "block.onnx").session.get_session_options() \
+        .enable_cpu_mem_arena
     (ours,) = graph(x)
     (mindir,) = MindSporeBackend().load(out / "block.mindir")(x)
     expected = block(ms.Tensor(x)).asnumpy()
