@@ -145,16 +145,16 @@ def _host_array(param) -> tuple[np.ndarray, int]:
     return array, helper.np_dtype_to_tensor_dtype(array.dtype)
 
 
-def _weights_out(cell, data: Path) -> dict:
+def _weights_out(cell, data: Path, moved: dict) -> dict:
     """Move every parameter of ``cell`` into the file ``data``, each on a page of its own, and leave a
-    one-element placeholder in the cell. Returns name -> _Moved."""
-    moved = {}
+    one-element placeholder in the cell. Fills ``moved`` (name -> _Moved) as it goes, so that a failure
+    half-way still knows which parameters to give back; returns it."""
     with open(data, "wb") as fh:
         for param in cell.get_parameters():
             array, onnx_type = _host_array(param)
             array = np.ascontiguousarray(array)
             offset = fh.seek(-fh.tell() % DATA_ALIGNMENT + fh.tell())
-            fh.write(array.tobytes())
+            fh.write(memoryview(array).cast("B"))
             moved[param.name] = _Moved(offset, array.nbytes, onnx_type, tuple(param.shape), param.dtype, array.dtype)
             del array
             param.set_data(ms.Tensor(np.zeros((1,), np.float32)).astype(param.dtype), slice_shape=True)
@@ -209,6 +209,8 @@ def _keep_only(data: Path, moved: dict, keep) -> dict:
             left = m.length
             while left:
                 chunk = src.read(min(left, 1 << 24))
+                if not chunk:
+                    raise OnnxUnavailable(f"{data.name} ended before the bytes of {name}")
                 dst.write(chunk)
                 left -= len(chunk)
             kept[name] = m._replace(offset=offset)
@@ -243,7 +245,7 @@ def _write_checked(spec: GraphSpec, cell, mindir: Path, target: Path, data: Path
             with exporter_ops():
                 graph_id, _ = executor.compile(cell, *[ms.Tensor(a) for a in inputs], phase="export.onnx",
                                                do_convert=False)
-            moved = _weights_out(cell, data)
+            _weights_out(cell, data, moved)
             stream = executor._get_func_graph_proto(cell, graph_id)
         except Exception as err:  # the exporter's own message names the op it has no converter for
             raise OnnxUnavailable(f"MindSpore's ONNX exporter failed: {str(err).strip().splitlines()[0]}") from None

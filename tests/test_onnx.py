@@ -167,7 +167,7 @@ def test_half_precision_weights_go_out_and_come_back(tmp_path, dtype):
     for p in cell.get_parameters():
         p.set_data(ms.Tensor(np.random.default_rng(2).standard_normal(p.shape).astype(np.float32)).astype(dtype))
     before = {p.name: p.astype(ms.float32).asnumpy() for p in cell.get_parameters()}
-    moved = _weights_out(cell, tmp_path / "w.data")
+    moved = _weights_out(cell, tmp_path / "w.data", {})
     assert all(p.shape == (1,) for p in cell.get_parameters())
     expected_type = TensorProto.FLOAT16 if dtype == ms.float16 else TensorProto.BFLOAT16
     assert {m.onnx_type for m in moved.values()} == {expected_type}
