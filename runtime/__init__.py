@@ -1,7 +1,7 @@
 """video_aot.runtime: load an export and run it like the diffusers pipeline it came from."""
 from __future__ import annotations
 
-from .manifest import ExportInvalid, ShapeMismatch, verify_export
+from .manifest import ExportInvalid, ShapeMismatch, check_export_sums, verify_export
 
 
 def load_pipeline(export_dir, backend=None, check_sums: bool = True, pipeline: str | None = None,
@@ -31,7 +31,7 @@ def load_pipeline(export_dir, backend=None, check_sums: bool = True, pipeline: s
     if backend is None or isinstance(backend, str):
         backend = make_backend(backend, **backend_options)
     if check_sums:
-        export = verify_export(export.root, artifact=getattr(backend, "artifact", "mindir"))
+        check_export_sums(export, artifact=getattr(backend, "artifact", "mindir"))
     bf16 = [name for name in export.manifest["graphs"] if export.manifest.graph_dtype(name) == "bf16"]
     if bf16 and getattr(backend, "device_target", None) == "CPU":
         plan = export.manifest.get("dtype_plan") or {}

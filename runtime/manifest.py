@@ -54,16 +54,20 @@ class GraphEntry:
     files: tuple  # every file of the graph (a split export has a variables folder too)
     inputs: tuple  # TensorSpec, in call order
     outputs: tuple
-    onnx: str | None = None  # the graph's ONNX file (export-model --onnx), relative to the export
-    onnx_files: tuple = ()  # the ONNX file and its external weights (an older export: the file alone)
+    # export-model --onnx: the ONNX file, then its external weights (an older export: the file alone)
+    onnx_files: tuple = ()
 
     @classmethod
     def from_json(cls, name: str, raw: dict) -> "GraphEntry":
         return cls(name, raw["file"], tuple(raw.get("files", [raw["file"]])),
                    tuple(TensorSpec.from_json(t) for t in raw["inputs"]),
                    tuple(TensorSpec.from_json(t) for t in raw["outputs"]),
-                   raw["onnx"]["file"] if "onnx" in raw else None,
                    tuple(raw["onnx"].get("files", [raw["onnx"]["file"]])) if "onnx" in raw else ())
+
+    @property
+    def onnx(self) -> str | None:
+        """The graph's ONNX file, relative to the export (None: exported without --onnx)."""
+        return self.onnx_files[0] if self.onnx_files else None
 
 
 def _inside(root: Path, rel: str) -> bool:
@@ -166,40 +170,47 @@ def read_manifest(root) -> Manifest:
 
 
 def verify_export(root, check_sums: bool = True, artifact: str | None = None) -> Export:
-    """The export at ``root``, after checking that every listed file lies inside it and exists with
-    its sha256, and that every graph's files are listed. ``artifact`` ("mindir" or "onnx"): the
-    graphs will be loaded from these files, so the other kind's graph files are checked for presence
-    but not hashed (an export with ONNX files holds every graph's weights twice; hashing both doubles
-    the load's reading)."""
+    """The export at ``root``, after checking that every listed file lies inside it and exists, that
+    every graph's files are listed, and (``check_sums``) the sha256 of the files a load reads
+    (``check_export_sums``)."""
     root = Path(root).resolve()
     manifest = read_manifest(root)
-    unread = set()
-    if artifact is not None:
-        for entry in manifest.graph_entries.values():
-            if artifact == "onnx" and entry.onnx_files:
-                unread.update(entry.files)
-            elif artifact == "mindir":
-                unread.update(entry.onnx_files)
-    for rel, expected in manifest["files"].items():
+    for rel in manifest["files"]:
         if not _inside(root, rel):
             raise ExportInvalid(f"{root}: the manifest lists {rel!r}, a path outside the export folder; refusing it")
-        path = root / rel
-        if not path.is_file():
+        if not (root / rel).is_file():
             raise ExportInvalid(f"{root}: file {rel} listed in the manifest is missing")
-        if check_sums and rel not in unread:
-            actual = sha256_file(path)
-            if actual != expected:
-                raise ExportInvalid(
-                    f"{root}: checksum mismatch for {rel} (manifest {expected[:12]}..., file {actual[:12]}...); "
-                    "the artifact was modified or corrupted - re-export it"
-                )
     for name, entry in manifest.graph_entries.items():
         for rel in entry.files + entry.onnx_files:
             if not _inside(root, rel):
                 raise ExportInvalid(f"{root}: graph {name} names {rel!r}, a path outside the export folder")
             if rel not in manifest["files"]:
                 raise ExportInvalid(f"{root}: graph {name} file {rel} has no checksum in the manifest")
-    return Export(root, manifest)
+    export = Export(root, manifest)
+    if check_sums:
+        check_export_sums(export, artifact)
+    return export
+
+
+def check_export_sums(export: Export, artifact: str | None = None):
+    """Hash the files of a verified export against the manifest. ``artifact`` ("mindir" or "onnx"):
+    the graphs will be loaded from these files, so the other kind's graph files are not hashed (an
+    export with ONNX files holds every graph's weights twice; hashing both doubles the load's reading)."""
+    unread = set()
+    for entry in export.manifest.graph_entries.values():
+        if artifact == "onnx" and entry.onnx_files:
+            unread.update(entry.files)
+        elif artifact == "mindir":
+            unread.update(entry.onnx_files)
+    for rel, expected in export.manifest["files"].items():
+        if rel in unread:
+            continue
+        actual = sha256_file(export.root / rel)
+        if actual != expected:
+            raise ExportInvalid(
+                f"{export.root}: checksum mismatch for {rel} (manifest {expected[:12]}..., file {actual[:12]}...); "
+                "the artifact was modified or corrupted - re-export it"
+            )
 
 
 def mindir_input_shapes(path) -> list | None:
