@@ -6,17 +6,20 @@ length (77), L = text encoder layers, D = text hidden size = UNet cross_attentio
   text_encoder   input_ids[1,N] int32 (+ attention_mask[1,N] when the config sets use_attention_mask)
                                                    -> prompt_embeds[1,L+1,N,D]
                  export/graphs.py ClipTextEncode; the pipeline reads index 0 (last_hidden_state).
-  unet_frame     sample[1,C,h,w] timestep[1] encoder_hidden_states[2,N,D] guidance_scale[1]
-                                                   -> noise_pred[1,C,h,w]
-                 one step of the first two backward phases (the first frame alone, graphs.UNetCFGStep): the
-                 classifier-free-guidance pair runs as one UNet batch of 2 (unconditional first) and is
-                 combined inside the graph. diffusers' CrossFrameAttnProcessor groups a batch of 2 into
-                 video_length max(1, 2 // 2) = 1, so this is the plain UNet.
   unet_video     sample[F,C,h,w] timestep[1] encoder_hidden_states[2,N,D] guidance_scale[1]
                                                    -> noise_pred[F,C,h,w]
-                 one step of the last phase: a UNet batch of 2F ([uncond x F, cond x F]; the graph
-                 repeats each embedding F times as diffusers does) where every self-attention takes its
-                 keys and values from frame 0 of its half (models/unet2d.py cross_frame_attention_frames).
+                 one denoising step: a UNet batch of 2F ([uncond x F, cond x F]; the graph repeats each
+                 embedding F times as diffusers does) where every self-attention takes its keys and values
+                 from frame 0 of its half (models/unet2d.py cross_frame_attention_frames), and the
+                 classifier-free-guidance pair is combined inside the graph. It serves every phase:
+                 - the last one, all frames together;
+                 - the first two (the first frame alone). diffusers runs the plain UNet there on a batch of
+                   2 (CrossFrameAttnProcessor groups it into video_length 1). Frame 0 of this graph is that
+                   plain UNet on frame 0 whatever the other frames hold: its self-attention reads only its
+                   own keys and values, and no other layer mixes frames. So the runtime passes the first
+                   frame repeated F times and keeps frame 0. One graph holds the UNet's weights once; a
+                   separate first-frame graph held them twice (benchmarks/NOTES.md, "Text2Video-Zero: one
+                   UNet graph"), for about (F-1)/F of a frame step more compute in those phases.
   vae_decoder    latents[K,C,h,w]                  -> frames[K,3,H,W]   (1/scaling_factor inside)
   vae_decoder_tail  the same for the last (F mod K) frames, when K does not divide F
 
@@ -33,14 +36,14 @@ from mindspore import nn, ops
 
 from .components import Components
 from .graphs import (
-    GraphSpec, TensorSpec, UNetCFGStep, check_cross_attention, check_decode_chunk_size, check_pixel_size,
+    GraphSpec, TensorSpec, check_cross_attention, check_decode_chunk_size, check_pixel_size,
     check_unet_channels, clip_text_encoder, guided, relax_tolerance, vae_decoder_graphs,
 )
 
 
 # ----------------------------------------------------------------------------- wrapper cells
 class VideoStep(nn.Cell):
-    """The last phase: F frames, CFG pair as a UNet batch of 2F with cross-frame attention."""
+    """One step of every phase: F frames, CFG pair as a UNet batch of 2F with cross-frame attention."""
 
     def __init__(self, unet, frames: int):
         super().__init__()
@@ -96,20 +99,16 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     scaling = float(vae_cfg.get("scaling_factor", 0.18215))
     video_frames = cross_frame_video_length(2 * frames)  # diffusers' CrossFrameAttnProcessor(batch_size=2)
 
-    def step_specs(name, n):
-        return GraphSpec(name, (
-            TensorSpec("sample", (n, latent, h, w)),
-            TensorSpec("timestep", (1,)),
-            TensorSpec("encoder_hidden_states", (2, max_length, hidden)),
-            TensorSpec("guidance_scale", (1,)),
-        ), (TensorSpec("noise_pred", (n, latent, h, w)),),
-            dummy_overrides={"timestep": [500.0], "guidance_scale": [7.5]})
-
+    step = GraphSpec("unet_video", (
+        TensorSpec("sample", (frames, latent, h, w)),
+        TensorSpec("timestep", (1,)),
+        TensorSpec("encoder_hidden_states", (2, max_length, hidden)),
+        TensorSpec("guidance_scale", (1,)),
+    ), (TensorSpec("noise_pred", (frames, latent, h, w)),),
+        dummy_overrides={"timestep": [500.0], "guidance_scale": [7.5]})
     graphs = [
         text_graph,
-        (step_specs("unet_frame", 1), lambda: UNetCFGStep(comps.load("unet"))),
-        (step_specs("unet_video", frames),
-         lambda: VideoStep(comps.load("unet", cross_frame_attention_frames=video_frames), frames)),
+        (step, lambda: VideoStep(comps.load("unet", cross_frame_attention_frames=video_frames), frames)),
     ]
     graphs += vae_decoder_graphs(comps, chunk, frames, (latent, h, w), (height, width), scaling)
     relax_tolerance(graphs, dtype)
@@ -148,9 +147,8 @@ TINY_MODELS = {
         "components": ("unet", "vae", "text_encoder"),
         "tokenizer": "generated",
     },
-    # The benchmarks' `small` tier: Stable Diffusion 1.5's UNet and VAE whole (0.86 B + 0.08 B; the exported
-    # pipeline holds the UNet twice, as its plain and cross-frame graphs) and the CLIP text tower at its real
-    # width with 4 of its 12 layers.
+    # The benchmarks' `small` tier: Stable Diffusion 1.5's UNet and VAE whole (0.86 B + 0.08 B) and the CLIP
+    # text tower at its real width with 4 of its 12 layers.
     "small-text2video-zero": {
         "base": "text2video-zero",
         "configs": {"text_encoder/config.json": {"num_hidden_layers": 4, "torch_dtype": "float32"}},

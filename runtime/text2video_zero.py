@@ -1,7 +1,9 @@
 """TextToVideoZeroPipeline (Text2Video-Zero over a Stable Diffusion 1.x UNet) on exported graphs.
 ``__call__`` mirrors diffusers' argument for argument and is written flat with its phases:
 
-1. backward (DDIM) from T to T_1 on the first frame alone (graph ``unet_frame``),
+1. backward (DDIM) from T to T_1 on the first frame alone (frame 0 of graph ``unet_video``, given the
+   first frame repeated: export/text2video_zero.py says why that is diffusers' plain UNet; exports made
+   before that change have a graph ``unet_frame`` of one frame, which is used when present),
 2. on to T_0,
 3. the first frame at T_0 copied to the other frames and warped by a translation motion field
    (``create_motion_field_and_warp_latents``: numpy, matching torch's bilinear ``F.interpolate`` and
@@ -235,9 +237,11 @@ class TextToVideoZeroPipeline(_UNet3DPipeline):
         latents = self.initial_latents(shape, latents, rng)
         latents = latents * plan.init_noise_sigma
 
-        def frame_step(model_in, t, i):
-            return self.graphs["unet_frame"](sample=model_in, timestep=np.array([t], F32),
-                                             encoder_hidden_states=context, guidance_scale=guidance)[0]
+        def frame_step(model_in, t, i):  # model_in: [1, C, h, w]
+            if "unet_frame" in self.graphs:  # an export made with a separate first-frame graph
+                return self.graphs["unet_frame"](sample=model_in, timestep=np.array([t], F32),
+                                                 encoder_hidden_states=context, guidance_scale=guidance)[0]
+            return video_step(np.repeat(model_in, video_length, axis=0), t, i)[:1]
 
         def video_step(model_in, t, i):
             return self.graphs["unet_video"](sample=model_in, timestep=np.array([t], F32),

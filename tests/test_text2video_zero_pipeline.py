@@ -140,6 +140,30 @@ def test_matches_diffusers(case, snapshot, pipelines, monkeypatch):
         assert float(np.abs(ours.images - plain).max()) > 10 * MAX_ABS
 
 
+def test_first_frame_step_is_the_plain_unet(snapshot, pipelines):
+    """Phases 1-2 run frame 0 of the cross-frame graph: it must be diffusers' UNet on the frame alone (a batch
+    of 2, which CrossFrameAttnProcessor groups into video_length 1), whatever the other frames hold."""
+    _, ref = snapshot
+    pipe = pipelines["a"]
+    frames = SHAPES["a"][0]
+    entry = pipe.manifest.graph_entries["unet_video"]
+    _, channels, h, w = entry.inputs[0].shape
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, channels, h, w), dtype=np.float32)
+    context = rng.standard_normal(tuple(entry.inputs[2].shape), dtype=np.float32)
+    guidance = 6.0
+    with torch.no_grad():
+        noise = ref.unet(torch.tensor(np.concatenate([x, x])), 500, encoder_hidden_states=torch.tensor(context)).sample
+    noise = noise.numpy()
+    expected = noise[:1] + guidance * (noise[1:] - noise[:1])
+    others = rng.standard_normal((frames - 1, channels, h, w), dtype=np.float32)
+    for rest in (np.repeat(x, frames - 1, axis=0), others):
+        got = pipe.graphs["unet_video"](sample=np.concatenate([x, rest]), timestep=np.array([500.0], np.float32),
+                                        encoder_hidden_states=context,
+                                        guidance_scale=np.array([guidance], np.float32))[0][:1]
+        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max(), np.abs(got - expected).max()
+
+
 def test_latent_output_matches_diffusers(snapshot, pipelines, monkeypatch):
     _, ref = snapshot
     frames, height, width, _ = SHAPES["b"]
@@ -236,7 +260,7 @@ def test_preset_plans_the_sd15_graphs(snapshot):
     assert manifest["family"] == "text2video_zero" and manifest["pipeline"] == "TextToVideoZeroPipeline"
     assert manifest["shapes"] == {"batch": 1, "video_length": 8, "height": 512, "width": 512, "decode_chunk_size": 8}
     graphs = manifest["graphs"]
-    assert graphs["unet_frame"]["inputs"][0]["shape"] == [1, 4, 64, 64]
+    assert "unet_frame" not in graphs  # the first frame runs through unet_video: the UNet's weights once
     assert graphs["unet_video"]["inputs"][0]["shape"] == [8, 4, 64, 64]
     assert graphs["unet_video"]["inputs"][2]["shape"] == [2, 77, 768]
     assert graphs["text_encoder"]["outputs"][0]["shape"] == [1, 13, 77, 768]
