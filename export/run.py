@@ -61,10 +61,12 @@ def _graph_dtypes(graphs, dtype, components: tuple, plan_dtype, pipeline: str, w
 def export_model(model: str, out: str, frames: int, height: int, width: int, batch: int = 1, dtype=None,
                  decode_chunk_size: Optional[int] = None, weights: Optional[str] = None, random_weights: bool = False,
                  force: bool = False, variant: Optional[str] = None, validate: bool = False, log=print,
-                 dry_run: bool = False, onnx: bool = False, expand_broadcasts: bool = True, **options):
+                 dry_run: bool = False, onnx: bool = True, expand_broadcasts: bool = True, **options):
     """``options``: family-specific export options passed to the family's plan (e.g. the t2v
-    family's ``forward_chunking="1:1"``); options left at None are not passed. ``onnx``: also write
-    an ONNX file next to each MindIR graph the ONNX exporter can take (export/onnx.py).
+    family's ``forward_chunking="1:1"``); options left at None are not passed. ``onnx`` (the default):
+    also write an ONNX file next to each MindIR graph the ONNX exporter can take (export/onnx.py); an
+    export with one for every graph runs on onnxruntime on the CPU by default. ``onnx=False`` writes the
+    MindIR graphs alone (for Ascend, where MindIR is what runs), in about half the time.
     ``expand_broadcasts``: write each MindIR with its broadcasting elementwise ops' inputs expanded
     (export/writer.trace_graph; the same values in far less memory on MindSpore's CPU runtime).
 

@@ -13,7 +13,7 @@ def load_pipeline(export_dir, backend=None, check_sums: bool = True, pipeline: s
     ("text2video", "video2video"); None takes the one the manifest names.
 
     backend: None, "mindspore", "lite", "onnxruntime", or an object with ``load(path) -> callable``.
-    None picks onnxruntime for an export that holds an ONNX file for every graph (export-model --onnx)
+    None picks onnxruntime for an export that holds an ONNX file for every graph (export-model's default)
     when onnxruntime is installed and no MindSpore option is given (benchmarks/NOTES.md: a fraction of
     MindSpore's memory and cold start on this CPU), else MindSpore Lite when importable, else MindSpore."""
     from .backends import make_backend, onnx_serves

@@ -47,7 +47,7 @@ def _base_parser(add_help: bool) -> argparse.ArgumentParser:
                              "made with export-model --tiling framewise or spatial+framewise)")
     parser.add_argument("--backend", default=None, choices=BACKENDS,
                         help="default: onnxruntime when the export holds an ONNX file for every graph (export-model "
-                             "--onnx), else MindSpore Lite when importable, else MindSpore")
+                             "writes them unless given --no-onnx), else MindSpore Lite when importable, else MindSpore")
     return parser
 
 

@@ -1,8 +1,8 @@
 """video-aot-demo: the main job on the embedded default, with no download.
 
 1. generate the tiny SVD-XT-architecture snapshot locally (seeded random weights),
-2. export it (25 frames, 128x128) to exported/tiny-svd-xt,
-3. load the export and generate a video from a synthetic image into outputs/tiny-svd-xt.mp4.
+2. export it (25 frames, 128x128; MindIR and ONNX graphs) to exported/tiny-svd-xt,
+3. load the export (on onnxruntime, the CPU's default) and generate a video from a synthetic image into outputs/tiny-svd-xt.mp4.
 """
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ class GraphEntry:
 
     @property
     def onnx(self) -> str | None:
-        """The graph's ONNX file, relative to the export (None: exported without --onnx)."""
+        """The graph's ONNX file, relative to the export (None: exported with --no-onnx)."""
         return self.onnx_files[0] if self.onnx_files else None
 
 
@@ -145,7 +145,7 @@ class Export:
             entry = self.manifest.graph_entries[name]
             if entry.onnx is None:
                 unavailable = self.manifest.get("onnx_unavailable")
-                why = ("it was exported without --onnx; re-export with export-model --onnx" if unavailable is None
+                why = ("it was exported with --no-onnx; re-export without it" if unavailable is None
                        else unavailable.get(name, "the manifest gives no reason"))
                 raise ExportInvalid(f"{self.root}: graph {name} has no ONNX artifact ({why})")
             return self.root / entry.onnx

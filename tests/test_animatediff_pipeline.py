@@ -77,7 +77,7 @@ def exports(snapshots, tmp_path_factory):
     root = tmp_path_factory.mktemp("ad-exports")
     return {
         name: export_model(str(snapshots[name][0]), str(root / name), frames=frames, height=height, width=width,
-                           decode_chunk_size=chunk, log=lambda *a: None)
+                           decode_chunk_size=chunk, log=lambda *a: None, onnx=False)
         for name, (frames, height, width, chunk) in SHAPES.items()
     }
 
@@ -304,10 +304,10 @@ def test_num_frames_over_the_motion_limit_is_refused(snapshots, pipes, tmp_path)
         pipes["mid"](PROMPT, num_frames=4, num_inference_steps=1)
     with pytest.raises(ValueError, match="num_frames=9 exceeds the motion adapter's motion_max_seq_length=8"):
         export_model(str(snapshots["mid"][0]), str(tmp_path / "nine"), frames=9, height=16, width=16,
-                     log=lambda *a: None)
+                     log=lambda *a: None, onnx=False)
     with pytest.raises(ValueError, match="decode_chunk_size must be an integer from 1 to 3"):
         export_model(str(snapshots["mid"][0]), str(tmp_path / "chunk"), frames=3, height=16, width=16,
-                     decode_chunk_size=4, log=lambda *a: None)
+                     decode_chunk_size=4, log=lambda *a: None, onnx=False)
     with pytest.raises(ShapeMismatch, match="decode_chunk_size=2"):
         pipes["mid"](PROMPT, decode_chunk_size=3, num_inference_steps=1)
 

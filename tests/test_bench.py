@@ -26,7 +26,7 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     svd_snapshot(root / "snapshot")
     export = export_model(str(root / "snapshot"), str(root / "export"), frames=2, height=32, width=32,
-                          decode_chunk_size=1, log=lambda *a: None)
+                          decode_chunk_size=1, log=lambda *a: None, onnx=False)
     history = root / "history"
     out = root / "record.json"
     proc = subprocess.run(

@@ -43,9 +43,9 @@ def exports(snapshots, tmp_path_factory):
     for frames in T2V_FRAMES:
         out[("t2v", frames)] = export_model(str(snapshots["t2v"][0]), str(root / f"t2v-{frames}"), frames=frames,
                                             height=HEIGHT, width=WIDTH, log=lambda *a: None, with_video_encoder=True,
-                                            tiling=frames == 17 or None)
+                                            tiling=frames == 17 or None, onnx=False)
     out[("i2v", I2V_FRAMES)] = export_model(str(snapshots["i2v"][0]), str(root / "i2v"), frames=I2V_FRAMES,
-                                            height=HEIGHT, width=WIDTH, log=lambda *a: None, tiling=True)
+                                            height=HEIGHT, width=WIDTH, log=lambda *a: None, tiling=True, onnx=False)
     return out
 
 
@@ -134,7 +134,7 @@ def test_cogvideox_1_5_t2v_pads_latent_frames_like_diffusers(tmp_path, monkeypat
                                                                        sample_height=8, sample_width=12))
     pipe.save_pretrained(tmp_path / "snap")
     out = export_model(str(tmp_path / "snap"), str(tmp_path / "e"), frames=9, height=HEIGHT, width=WIDTH,
-                       log=lambda *a: None)
+                       log=lambda *a: None, onnx=False)
     ours = load_pipeline(out, backend="mindspore")
     assert ours.manifest["model_latent_frames"] == 4 and ours.manifest["additional_frames"] == 1
     latents = np.random.default_rng(8).standard_normal((1, 4, 4, HEIGHT // 4, WIDTH // 4)).astype(np.float32)
@@ -150,7 +150,7 @@ def test_cogvideox_1_5_t2v_pads_latent_frames_like_diffusers(tmp_path, monkeypat
 def test_t2v_batch_of_two_prompts_matches_diffusers(snapshots, tmp_path):
     _, ref = snapshots["t2v"]
     out = export_model(str(snapshots["t2v"][0]), str(tmp_path / "e"), frames=8, height=HEIGHT, width=WIDTH, batch=2,
-                       log=lambda *a: None)
+                       log=lambda *a: None, onnx=False)
     ours = load_pipeline(out, backend="mindspore")
     latents = np.random.default_rng(6).standard_normal((2, 2, 4, HEIGHT // 4, WIDTH // 4)).astype(np.float32)
     kwargs = dict(COMMON, prompt=[PROMPT, "a red car"], negative_prompt=[NEGATIVE, "cat"], num_frames=8,
@@ -325,7 +325,7 @@ def test_fp16_export_matches_diffusers_within_half_precision(snapshots, tmp_path
 
     folder, _ = snapshots["t2v"]
     out = export_model(str(folder), str(tmp_path / "e"), frames=17, height=HEIGHT, width=WIDTH, dtype="fp16",
-                       with_video_encoder=True, log=lambda *a: None)
+                       with_video_encoder=True, log=lambda *a: None, onnx=False)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dtype"] == "fp16" and manifest["graphs"]["vae_decoder"]["tolerance"] == 2e-2
     t2v = load_pipeline(out, backend="mindspore")
@@ -355,7 +355,7 @@ def test_bf16_i2v_export_is_built_and_refused_on_the_cpu(snapshots, tmp_path):
     from video_aot.runtime import ExportInvalid
 
     out = export_model(str(snapshots["i2v"][0]), str(tmp_path / "e"), frames=I2V_FRAMES, height=HEIGHT,
-                       width=WIDTH, dtype="bf16", log=lambda *a: None)
+                       width=WIDTH, dtype="bf16", log=lambda *a: None, onnx=False)
     assert json.loads((out / "manifest.json").read_text())["dtype"] == "bf16"
     with pytest.raises(ExportInvalid, match="bf16 .*Ascend"):
         load_pipeline(out, backend="mindspore")

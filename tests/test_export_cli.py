@@ -56,3 +56,19 @@ def test_modes_and_options_a_family_does_not_take_are_refused(capsys):
     assert "use --dtype" in capsys.readouterr().err
     rc, _, err = _dry("svd-xt", capsys, "--option", "tile_sample_min_height=64")
     assert rc == 2 and "--tile-sample-min-height does not apply" in err
+
+
+@pytest.mark.parametrize("flags,onnx", [((), True), (("--onnx",), True), (("--no-onnx",), False)])
+def test_onnx_artifacts_are_written_unless_no_onnx(flags, onnx, monkeypatch, tmp_path):
+    """ONNX is the CPU's default runtime, so export-model writes it unless told --no-onnx; the Python
+    API has the same default."""
+    import inspect
+
+    from video_aot.export import run
+
+    seen = {}
+    monkeypatch.setattr(run, "export_model", lambda *a, **kw: seen.update(kw) or str(tmp_path))
+    main(["svd-xt", "--frames", "4", "--height", "64", "--width", "64", "--out", str(tmp_path), *flags])
+    assert seen["onnx"] is onnx
+    monkeypatch.undo()
+    assert inspect.signature(run.export_model).parameters["onnx"].default is True

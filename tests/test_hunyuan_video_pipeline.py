@@ -93,7 +93,7 @@ def reference(tmp_path_factory):
 
 def _export(folder, out, frames, **kwargs):
     return export_model(str(folder), str(out), frames=frames, height=HEIGHT, width=WIDTH,
-                        max_sequence_length=MAX_LENGTH, log=lambda *a: None, **kwargs)
+                        max_sequence_length=MAX_LENGTH, log=lambda *a: None, **kwargs, onnx=False)
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +171,7 @@ def test_spatial_tiling_matches_diffusers(reference, tmp_path):
     for the 32- and 10-wide tiles (every 24), blended over 64 pixel columns, as diffusers' tiled_decode."""
     pipe, folder = reference
     out = export_model(str(folder), str(tmp_path / "e"), frames=9, height=16, width=272,
-                       max_sequence_length=MAX_LENGTH, tiling=True, log=lambda *a: None)
+                       max_sequence_length=MAX_LENGTH, tiling=True, log=lambda *a: None, onnx=False)
     ours = load_pipeline(out, backend="mindspore")
     assert sorted(ours.manifest["vae_decoders"]) == ["vae_decoder_3_2x10", "vae_decoder_3_2x32"]
     latents = np.random.default_rng(4).standard_normal((1, 4, 3, 2, 34)).astype(np.float32)

@@ -131,13 +131,13 @@ def exports(snapshots, tmp_path_factory):
         tiled = dict(tiling="spatial+framewise", **TILES_090) if frames == 17 else {}  # untiled calls work too
         out[("t2v", frames, height, width)] = export_model(
             str(snapshots["090"][0]), str(root / f"t2v-{frames}-{height}x{width}"), frames=frames, height=height,
-            width=width, **tiled, **quiet)
+            width=width, **tiled, **quiet, onnx=False)
     out["i2v"] = export_model(str(snapshots["090"][0]), str(root / "i2v"), frames=9, height=32, width=32,
-                              image_to_video=True, **quiet)
+                              image_to_video=True, **quiet, onnx=False)
     out["batch2"] = export_model(str(snapshots["090"][0]), str(root / "batch2"), frames=9, height=32, width=32,
-                                 batch=2, **quiet)
+                                 batch=2, **quiet, onnx=False)
     out["091"] = export_model(str(snapshots["091"][0]), str(root / "091"), frames=17, height=32, width=32,
-                              tiling="spatial+framewise", **TILES_091, **quiet)
+                              tiling="spatial+framewise", **TILES_091, **quiet, onnx=False)
     return out
 
 

@@ -60,7 +60,7 @@ def reference(tmp_path_factory):
 def exported(reference, tmp_path_factory):
     _, folder = reference
     return export_model(str(folder), str(tmp_path_factory.mktemp("mochi-export") / "e"), frames=FRAMES, height=HEIGHT,
-                        width=WIDTH, max_sequence_length=MAX_LENGTH, log=lambda *a: None)
+                        width=WIDTH, max_sequence_length=MAX_LENGTH, log=lambda *a: None, onnx=False)
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +212,7 @@ def test_batch_of_two_matches_diffusers(reference, tmp_path):
     force_zeros_for_empty_prompt), and one prompt with num_videos_per_prompt=2."""
     pipe, folder = reference
     out = export_model(str(folder), str(tmp_path / "e"), frames=FRAMES, height=HEIGHT, width=WIDTH, batch=2,
-                       max_sequence_length=MAX_LENGTH, log=lambda *a: None)
+                       max_sequence_length=MAX_LENGTH, log=lambda *a: None, onnx=False)
     ours = load_pipeline(out, backend="mindspore")
     latents = np.random.default_rng(5).standard_normal((2, 12, 3, HEIGHT // 8, WIDTH // 8)).astype(np.float32)
     for case in (dict(prompt=[PROMPT, "red car city"], negative_prompt=["dog", ""]),

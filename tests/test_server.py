@@ -156,7 +156,8 @@ def svd_export(tmp_path_factory):
     from video_aot.export.run import export_model
 
     out = tmp_path_factory.mktemp("serve-exports") / "svd"
-    return export_model("tiny-svd-xt", str(out), frames=FRAMES, height=HEIGHT, width=WIDTH, log=lambda *a: None)
+    return export_model("tiny-svd-xt", str(out), frames=FRAMES, height=HEIGHT, width=WIDTH, log=lambda *a: None,
+                        onnx=False)
 
 
 @pytest.fixture(scope="session")
@@ -164,7 +165,7 @@ def t2v_export(tmp_path_factory):
     from video_aot.export.run import export_model
 
     out = tmp_path_factory.mktemp("serve-exports-t2v") / "t2v"
-    return export_model(T2V_TINY, str(out), frames=FRAMES, height=HEIGHT, width=WIDTH, log=lambda *a: None)
+    return export_model(T2V_TINY, str(out), frames=FRAMES, height=HEIGHT, width=WIDTH, log=lambda *a: None, onnx=False)
 
 
 COGVIDEOX_FRAMES = 9  # 3 latent frames
@@ -176,7 +177,7 @@ def cogvideox_export(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("serve-exports-cogvideox") / "cogvideox"
     return export_model("tiny-cogvideox-2b", str(out), frames=COGVIDEOX_FRAMES, height=HEIGHT, width=WIDTH,
-                        log=lambda *a: None)
+                        log=lambda *a: None, onnx=False)
 
 
 @pytest.fixture(scope="session")

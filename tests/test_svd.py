@@ -138,7 +138,7 @@ def test_onnxruntime_pipeline_matches_diffusers(snapshot, exports):
 
 
 def test_onnxruntime_refuses_graphs_without_onnx(exports, tmp_path):
-    with pytest.raises(ExportInvalid, match="graph unet has no ONNX artifact .*exported without --onnx"):
+    with pytest.raises(ExportInvalid, match="graph unet has no ONNX artifact .*exported with --no-onnx"):
         load_pipeline(exports["b"], backend="onnxruntime")
     # a graph the exporter could not take is named with the reason the export recorded
     copy = tmp_path / "export"
@@ -252,14 +252,14 @@ def test_missing_weight_key_is_named(snapshot, tmp_path):
     save_file(state, str(path))
     out = tmp_path / "out"
     with pytest.raises(LoadError, match=r"missing keys \(1\): decoder.time_conv_out.weight"):
-        export_model(str(copy), str(out), frames=3, height=32, width=32, log=lambda *a: None)
+        export_model(str(copy), str(out), frames=3, height=32, width=32, log=lambda *a: None, onnx=False)
     assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
 
 
 def test_unsupported_family(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     with pytest.raises(ValueError, match="StableDiffusionPipeline.*not supported.*StableVideoDiffusionPipeline"):
-        export_model(str(tmp_path), str(tmp_path / "out"), frames=3, height=32, width=32)
+        export_model(str(tmp_path), str(tmp_path / "out"), frames=3, height=32, width=32, onnx=False)
 
 
 def test_interrupted_export_leaves_nothing(snapshot, exports, tmp_path, monkeypatch):
@@ -278,7 +278,7 @@ def test_interrupted_export_leaves_nothing(snapshot, exports, tmp_path, monkeypa
     monkeypatch.setattr(writer, "trace_graph", failing)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        export_model(str(folder), str(out), frames=3, height=40, width=24, log=lambda *a: None)
+        export_model(str(folder), str(out), frames=3, height=40, width=24, log=lambda *a: None, onnx=False)
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     # an interrupted --force export keeps the previous export intact
@@ -286,7 +286,8 @@ def test_interrupted_export_leaves_nothing(snapshot, exports, tmp_path, monkeypa
     shutil.copytree(exports["b"], existing)
     calls.clear()
     with pytest.raises(KeyboardInterrupt):
-        export_model(str(folder), str(existing), frames=3, height=40, width=24, force=True, log=lambda *a: None)
+        export_model(str(folder), str(existing), frames=3, height=40, width=24, force=True, log=lambda *a: None,
+                     onnx=False)
     load_pipeline(existing, backend="mindspore")  # still verifies
 
 
@@ -296,11 +297,11 @@ def test_existing_export_needs_force(snapshot, exports):
     messages = []
     # same inputs: recognised as up to date, nothing re-traced
     export_model(str(folder), str(exports["b"]), frames=frames, height=height, width=width,
-                 decode_chunk_size=chunk, log=messages.append)
+                 decode_chunk_size=chunk, log=messages.append, onnx=False)
     assert any("up to date" in m for m in messages)
     with pytest.raises(RuntimeError, match="--force"):
         export_model(str(folder), str(exports["b"]), frames=frames + 2, height=height, width=width,
-                     log=lambda *a: None)
+                     log=lambda *a: None, onnx=False)
 
 
 def test_manifest_contents(exports):
@@ -327,7 +328,7 @@ def test_fp16_export_runs_within_a_loose_tolerance(snapshot, tmp_path_factory):
     """fp16 runs on this CPU (MindSpore has fp16 kernels), with fp16 rounding: 2e-2 relative."""
     folder, ref = snapshot
     out = export_model(str(folder), str(tmp_path_factory.mktemp("fp16") / "e"), frames=2, height=16, width=16,
-                       dtype="fp16", log=lambda *a: None)
+                       dtype="fp16", log=lambda *a: None, onnx=False)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dtype"] == "fp16" and manifest["graphs"]["unet"]["tolerance"] == 2e-2
     pipe = load_pipeline(out, backend="mindspore")
@@ -342,7 +343,7 @@ def test_bf16_export_is_built_and_refused_on_the_cpu(snapshot, exports, tmp_path
     folder, _ = snapshot
     frames, height, width, chunk, batch = SHAPES["b"]
     out = export_model(str(folder), str(tmp_path_factory.mktemp("bf16") / "e"), frames=frames, height=height,
-                       width=width, decode_chunk_size=chunk, dtype="bf16", log=lambda *a: None)
+                       width=width, decode_chunk_size=chunk, dtype="bf16", log=lambda *a: None, onnx=False)
     fp32_size = (Path(exports["b"]) / "unet.mindir").stat().st_size
     bf16_size = (out / "unet.mindir").stat().st_size
     assert 0.4 < bf16_size / fp32_size < 0.75  # the weights take 2 bytes instead of 4 (plus the graph itself)
