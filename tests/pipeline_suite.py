@@ -62,7 +62,7 @@ from video_aot.export.run import export_model
 from video_aot.runtime import load_pipeline
 job = pickle.loads(open(sys.argv[1], "rb").read())
 out = export_model(job["model"], job["out"], weights=job["weights"], random_weights=job["random_weights"],
-                   log=lambda *a: None, **job["options"])
+                   log=lambda *a: None, onnx=False, **job["options"])
 pipe = load_pipeline(out, backend="mindspore", pipeline=job["pipeline"])
 assert pipe.manifest["dtype"] == "fp16", pipe.manifest["dtype"]
 np.save(job["result"], np.asarray(pipe(**job["inputs"], latents=job["latents"], output_type="np").frames))
