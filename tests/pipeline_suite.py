@@ -1,5 +1,6 @@
 """The pipeline tests every family joins (as diffusers' PipelineTesterMixin): ``latents=`` parity with
-diffusers, generate-video, a server request, and bad inputs. A family's test module subclasses
+diffusers (on the MindIR graphs and on onnxruntime: the case's export must hold ONNX files), generate-video,
+a server request, and bad inputs. A family's test module subclasses
 ``PipelineSuite`` and provides one module fixture, ``case``, returning a ``SuiteCase``:
 
     @pytest.fixture(scope="module")
@@ -86,6 +87,24 @@ class PipelineSuite:
         assert ours.shape == ref.shape
         err = float(np.abs(ours - ref).max())
         print(f"{type(pipe).__name__}: latents= parity max abs {err:.2e}")
+        assert err <= case.tolerance
+
+    def test_onnxruntime_parity_with_diffusers(self, case):
+        """The case's export was made with ONNX files (export-model's default), one for every graph, and
+        runs on onnxruntime, the CPU's default backend: the plain call's frames match diffusers' within the
+        same tolerance as the MindIR graphs'."""
+        from pathlib import Path
+
+        from video_aot.runtime import load_pipeline
+
+        pipe = load_pipeline(case.export_dir, backend="onnxruntime", pipeline=type(case.pipe).__name__)
+        assert pipe.manifest.get("onnx_unavailable") == {}
+        assert {Path(graph.fn.path).suffix for graph in pipe.graphs.values()} == {".onnx"}
+        latents, mindir = _latents_and_frames(case)
+        ours = np.asarray(pipe(**case.inputs, latents=latents, output_type="np").frames, np.float32)
+        err = float(np.abs(ours - _reference_frames(case)).max())
+        print(f"{type(pipe).__name__} on onnxruntime: latents= parity max abs {err:.2e}, "
+              f"against the MindIR graphs {float(np.abs(ours - mindir).max()):.2e}")
         assert err <= case.tolerance
 
     def test_fp16_export_matches_diffusers_within_half_precision(self, case, tmp_path):

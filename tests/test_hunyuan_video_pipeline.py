@@ -91,14 +91,14 @@ def reference(tmp_path_factory):
     return pipe, folder
 
 
-def _export(folder, out, frames, **kwargs):
+def _export(folder, out, frames, onnx=False, **kwargs):
     return export_model(str(folder), str(out), frames=frames, height=HEIGHT, width=WIDTH,
-                        max_sequence_length=MAX_LENGTH, log=lambda *a: None, **kwargs, onnx=False)
+                        max_sequence_length=MAX_LENGTH, log=lambda *a: None, onnx=onnx, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def exported(reference, tmp_path_factory):
-    return _export(reference[1], tmp_path_factory.mktemp("hunyuan-export") / "e", frames=9)
+    return _export(reference[1], tmp_path_factory.mktemp("hunyuan-export") / "e", frames=9, onnx=True)
 
 
 @pytest.fixture(scope="module")

@@ -131,7 +131,7 @@ def exports(snapshots, tmp_path_factory):
         tiled = dict(tiling="spatial+framewise", **TILES_090) if frames == 17 else {}  # untiled calls work too
         out[("t2v", frames, height, width)] = export_model(
             str(snapshots["090"][0]), str(root / f"t2v-{frames}-{height}x{width}"), frames=frames, height=height,
-            width=width, **tiled, **quiet, onnx=False)
+            width=width, **tiled, **quiet, onnx=(frames, height, width) == T2V_SHAPES[0])
     out["i2v"] = export_model(str(snapshots["090"][0]), str(root / "i2v"), frames=9, height=32, width=32,
                               image_to_video=True, **quiet, onnx=False)
     out["batch2"] = export_model(str(snapshots["090"][0]), str(root / "batch2"), frames=9, height=32, width=32,

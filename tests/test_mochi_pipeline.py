@@ -60,7 +60,7 @@ def reference(tmp_path_factory):
 def exported(reference, tmp_path_factory):
     _, folder = reference
     return export_model(str(folder), str(tmp_path_factory.mktemp("mochi-export") / "e"), frames=FRAMES, height=HEIGHT,
-                        width=WIDTH, max_sequence_length=MAX_LENGTH, log=lambda *a: None, onnx=False)
+                        width=WIDTH, max_sequence_length=MAX_LENGTH, log=lambda *a: None, onnx=True)
 
 
 @pytest.fixture(scope="module")

@@ -140,25 +140,6 @@ def test_text_to_video_matches_diffusers(snapshot, pipelines, case):
     assert err <= MAX_ABS
 
 
-def test_onnxruntime_text_to_video_matches_diffusers(snapshot, exports):
-    """Export "a"'s ONNX files on onnxruntime (every graph has one), end to end against diffusers."""
-    name, scheduler, steps, guidance, prompt, negative, _ = CASES["ddim-negative"]
-    _, ref = snapshot
-    frames, height, width, _, _ = SHAPES[name]
-    manifest = json.loads((exports[name] / "manifest.json").read_text())
-    assert manifest["onnx_unavailable"] == {}
-    pipe = load_pipeline(exports[name], backend="onnxruntime")
-    latents = _latents(name)
-    ours = pipe(prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
-                latents=latents, scheduler=scheduler).frames
-    expected = _scheduled(ref, scheduler)(
-        prompt=prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance, height=height,
-        width=width, num_frames=frames, latents=torch.from_numpy(latents)).frames
-    err = float(np.abs(ours - expected).max())
-    print(f"t2v on onnxruntime: max abs {err:.2e}, rel L2 {rel_l2(ours, expected):.2e}")
-    assert err <= MAX_ABS
-
-
 def test_ddim_eta_noise_matches_diffusers(snapshot, pipelines, monkeypatch):
     _, ref = snapshot
     frames, height, width, _, _ = SHAPES["a"]
