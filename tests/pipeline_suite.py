@@ -44,14 +44,18 @@ class SuiteCase:
     extra: dict = field(default_factory=dict)
 
 
+def _suite_latents(case) -> np.ndarray:
+    pipe = case.pipe
+    shape = case.latents_shape or (pipe.shapes.get("batch", 1),) + tuple(pipe.manifest["latent_shape"])
+    return np.random.default_rng(7).standard_normal(shape).astype(np.float32)
+
+
 def _latents_and_frames(case):
     """The suite's latents and our frames for the plain call, computed once per case (the parity and
     the step-callback tests both need them)."""
     if "plain" not in case.extra:
-        pipe = case.pipe
-        shape = case.latents_shape or (pipe.shapes.get("batch", 1),) + tuple(pipe.manifest["latent_shape"])
-        latents = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
-        frames = np.asarray(pipe(**case.inputs, latents=latents, output_type="np").frames, np.float32)
+        latents = _suite_latents(case)
+        frames = np.asarray(case.pipe(**case.inputs, latents=latents, output_type="np").frames, np.float32)
         case.extra["plain"] = (latents, frames)
     return case.extra["plain"]
 
@@ -79,8 +83,38 @@ def _reference_frames(case):
 
 
 class PipelineSuite:
+    @pytest.fixture(scope="class")
+    def fp16_export(self, case, tmp_path_factory):
+        """The same export replayed from its manifest with dtype fp16, exported and run on the suite's
+        plain call in a child process (MindSpore never gives a loaded graph's memory back,
+        benchmarks/NOTES.md, and the suite's one process must stay within 24 GB). The first parity test
+        starts it, so that its export (one core) overlaps the suite's other tests; the fp16 test, the
+        class's last, waits for it."""
+        import pickle
+        import subprocess
+        import sys
+
+        folder = tmp_path_factory.mktemp("fp16")
+        manifest = case.pipe.manifest
+        source = manifest["source"]
+        job = {"model": source["model"], "out": str(folder / "fp16"), "result": str(folder / "frames.npy"),
+               "weights": None if source.get("weights") in (None, "random") else source["weights"],
+               "random_weights": source.get("weights") == "random", "pipeline": type(case.pipe).__name__,
+               "options": {**manifest["export_options"], "dtype": "fp16"}, "inputs": case.inputs,
+               "latents": _suite_latents(case)}
+        (folder / "job.pkl").write_bytes(pickle.dumps(job))  # the test's own inputs, not model weights
+        with open(folder / "stderr.txt", "w") as err:
+            proc = subprocess.Popen([sys.executable, "-c", _FP16_CHILD, str(folder / "job.pkl")],
+                                    stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            yield proc, folder
+        finally:
+            if proc.poll() is None:  # the fp16 test was not run
+                proc.kill()
+                proc.wait()
+
     # ------------------------------------------------------------------ parity
-    def test_latents_parity_with_diffusers(self, case):
+    def test_latents_parity_with_diffusers(self, case, fp16_export):
         pipe = case.pipe
         latents, ours = _latents_and_frames(case)
         ref = _reference_frames(case)
@@ -106,35 +140,6 @@ class PipelineSuite:
         print(f"{type(pipe).__name__} on onnxruntime: latents= parity max abs {err:.2e}, "
               f"against the MindIR graphs {float(np.abs(ours - mindir).max()):.2e}")
         assert err <= case.tolerance
-
-    def test_fp16_export_matches_diffusers_within_half_precision(self, case, tmp_path):
-        """The same export replayed from its manifest with dtype fp16 (graph inputs and outputs stay
-        float32): the plain call's frames stay within half-precision rounding of diffusers' fp32
-        frames, and the fp16 graphs really are fp16 (they differ from the fp32 export's frames).
-        Exported and run in a child process: MindSpore never gives a loaded graph's memory back
-        (benchmarks/NOTES.md), and the suite's one process must stay within 24 GB."""
-        import pickle
-        import subprocess
-        import sys
-
-        manifest = case.pipe.manifest
-        source = manifest["source"]
-        latents, fp32 = _latents_and_frames(case)
-        job = {"model": source["model"], "out": str(tmp_path / "fp16"), "result": str(tmp_path / "frames.npy"),
-               "weights": None if source.get("weights") in (None, "random") else source["weights"],
-               "random_weights": source.get("weights") == "random", "pipeline": type(case.pipe).__name__,
-               "options": {**manifest["export_options"], "dtype": "fp16"}, "inputs": case.inputs,
-               "latents": latents}
-        (tmp_path / "job.pkl").write_bytes(pickle.dumps(job))  # the test's own inputs, not model weights
-        done = subprocess.run([sys.executable, "-c", _FP16_CHILD, str(tmp_path / "job.pkl")], capture_output=True,
-                              text=True, timeout=1800)
-        assert done.returncode == 0, done.stderr[-4000:]
-        ours = np.load(tmp_path / "frames.npy")
-        assert ours.dtype == np.float32 and ours.shape == fp32.shape
-        err = float(np.abs(ours - _reference_frames(case)).max())
-        print(f"{type(case.pipe).__name__}: fp16 export against diffusers fp32 max abs {err:.2e}")
-        assert err <= case.fp16_tolerance
-        assert float(np.abs(ours - fp32).max()) > 0.0
 
     def test_step_callback_matches_diffusers(self, case):
         """callback_on_step_end replaces the latents after the first step and halves the prompt
@@ -236,3 +241,18 @@ class PipelineSuite:
             case.pipe(**case.inputs, latents=np.zeros((1, 1, 1), np.float32), output_type="np")
         with pytest.raises(ValueError, match="num_inference_steps"):
             case.pipe(**{**case.inputs, "num_inference_steps": 0}, output_type="np")
+
+    # ------------------------------------------------------------------ fp16 (last: its child ran meanwhile)
+    def test_fp16_export_matches_diffusers_within_half_precision(self, case, fp16_export):
+        """The fp16 export (graph inputs and outputs stay float32): the plain call's frames stay within
+        half-precision rounding of diffusers' fp32 frames, and the fp16 graphs really are fp16 (they
+        differ from the fp32 export's frames)."""
+        proc, folder = fp16_export
+        assert proc.wait(timeout=1800) == 0, (folder / "stderr.txt").read_text()[-4000:]
+        _, fp32 = _latents_and_frames(case)
+        ours = np.load(folder / "frames.npy")
+        assert ours.dtype == np.float32 and ours.shape == fp32.shape
+        err = float(np.abs(ours - _reference_frames(case)).max())
+        print(f"{type(case.pipe).__name__}: fp16 export against diffusers fp32 max abs {err:.2e}")
+        assert err <= case.fp16_tolerance
+        assert float(np.abs(ours - fp32).max()) > 0.0
