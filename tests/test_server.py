@@ -145,27 +145,31 @@ def metric(text: str, name: str, **labels) -> float:
     return 0.0
 
 
-# the tiny text-to-video model the t2v tests export: named, so that a rename fails loudly (KeyError
-# in export_model) instead of turning the text-to-video tests into a silent skip
-T2V_TINY = "tiny-modelscope-t2v"
-
-
 # ----------------------------------------------------------------------------------------------- fixtures
+# SVD and text-to-video: the family tests' own tiny snapshots (tests/tiny.py, tests/tiny_t2v.py), which
+# export in under half the time of the tiny presets; the server does not depend on the weights
 @pytest.fixture(scope="session")
 def svd_export(tmp_path_factory):
+    from tiny import svd_snapshot
+
     from video_aot.export.run import export_model
 
-    out = tmp_path_factory.mktemp("serve-exports") / "svd"
-    return export_model("tiny-svd-xt", str(out), frames=FRAMES, height=HEIGHT, width=WIDTH, log=lambda *a: None,
-                        onnx=False)
+    root = tmp_path_factory.mktemp("serve-exports")
+    svd_snapshot(root / "snapshot")
+    return export_model(str(root / "snapshot"), str(root / "svd"), frames=FRAMES, height=HEIGHT, width=WIDTH,
+                        log=lambda *a: None, onnx=False)
 
 
 @pytest.fixture(scope="session")
 def t2v_export(tmp_path_factory):
+    from tiny_t2v import t2v_pipeline
+
     from video_aot.export.run import export_model
 
-    out = tmp_path_factory.mktemp("serve-exports-t2v") / "t2v"
-    return export_model(T2V_TINY, str(out), frames=FRAMES, height=HEIGHT, width=WIDTH, log=lambda *a: None, onnx=False)
+    root = tmp_path_factory.mktemp("serve-exports-t2v")
+    t2v_pipeline(root / "snapshot")
+    return export_model(str(root / "snapshot"), str(root / "t2v"), frames=FRAMES, height=HEIGHT, width=WIDTH,
+                        log=lambda *a: None, onnx=False)
 
 
 COGVIDEOX_FRAMES = 9  # 3 latent frames
