@@ -175,7 +175,7 @@ def write_export(out_dir, graphs, manifest: dict, force: bool = False, validate:
                 from .onnx import OnnxUnavailable, trace_onnx
 
                 try:
-                    entries[spec.name]["onnx"] = trace_onnx(work, spec, cell)
+                    entries[spec.name]["onnx"] = trace_onnx(work, spec, cell, work / entries[spec.name]["file"])
                 except OnnxUnavailable as err:
                     onnx_unavailable[spec.name] = str(err)
                     log(f"  no ONNX for {spec.name}: {err}")
