@@ -237,15 +237,17 @@ class TextToVideoZeroPipeline(_UNet3DPipeline):
         latents = self.initial_latents(shape, latents, rng)
         latents = latents * plan.init_noise_sigma
 
-        def frame_step(model_in, t, i):  # model_in: [1, C, h, w]
-            if "unet_frame" in self.graphs:  # an export made with a separate first-frame graph
-                return self.graphs["unet_frame"](sample=model_in, timestep=np.array([t], F32),
-                                                 encoder_hidden_states=context, guidance_scale=guidance)[0]
-            return video_step(np.repeat(model_in, video_length, axis=0), t, i)[:1]
-
         def video_step(model_in, t, i):
             return self.graphs["unet_video"](sample=model_in, timestep=np.array([t], F32),
                                              encoder_hidden_states=context, guidance_scale=guidance)[0]
+
+        if "unet_frame" in self.graphs:  # an export made with a separate first-frame graph
+            def frame_step(model_in, t, i):
+                return self.graphs["unet_frame"](sample=model_in, timestep=np.array([t], F32),
+                                                 encoder_hidden_states=context, guidance_scale=guidance)[0]
+        else:
+            def frame_step(model_in, t, i):  # model_in: [1, C, h, w]; frame 0 of the cross-frame graph
+                return video_step(np.repeat(model_in, video_length, axis=0), t, i)[:1]
 
         def phase_callback(start):  # diffusers' backward_loop counts i from 0 in every phase
             return self.legacy_step_hook(callback, callback_steps, offset=start)

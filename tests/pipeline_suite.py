@@ -114,7 +114,8 @@ class PipelineSuite:
                 proc.wait()
 
     # ------------------------------------------------------------------ parity
-    def test_latents_parity_with_diffusers(self, case, fp16_export):
+    @pytest.mark.usefixtures("fp16_export")  # starts the fp16 child, which the last test waits for
+    def test_latents_parity_with_diffusers(self, case):
         pipe = case.pipe
         latents, ours = _latents_and_frames(case)
         ref = _reference_frames(case)
