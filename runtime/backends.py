@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -128,11 +129,33 @@ class MindSporeGraph:
             graph = ms.load(str(path))
         self.cell = nn.GraphCell(graph)
         self._ms = ms
+        self._lock = threading.Lock()  # one graph may serve several pipelines (MindSporeBackend.load)
 
     def __call__(self, *arrays):
-        outs = self.cell(*[self._ms.Tensor(np.ascontiguousarray(a)) for a in arrays])
-        outs = outs if isinstance(outs, (tuple, list)) else (outs,)
-        return tuple(o.asnumpy() for o in outs)
+        with self._lock:
+            outs = self.cell(*[self._ms.Tensor(np.ascontiguousarray(a)) for a in arrays])
+            outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+            return tuple(o.asnumpy() for o in outs)
+
+
+# MindSpore 2.7.1 never gives back what a graph's first call compiles and allocates (its kernels' buffers),
+# even once the GraphCell is deleted: the tiny CogVideoX VAE decoder (2 MB of weights) keeps 170 MB per
+# load, so a server that reloads a model, or a process that loads the same export twice, grew by that much
+# each time (benchmarks/NOTES.md, "A deleted pipeline's graphs are not given back"). A process therefore
+# keeps one MindSporeGraph per file version and every later load of that file reuses it, compiled.
+_LOADED: dict[tuple, MindSporeGraph] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def _file_version(path: Path) -> tuple:
+    """What changes when an export is written again over the same path (files are replaced, not edited)."""
+    st = path.stat()
+    version = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if path.name.endswith("_graph.mindir"):  # a split export's weights live in its variables folder
+        variables = path.parent / (path.name[:-len("_graph.mindir")] + "_variables")
+        if variables.is_dir():
+            version += tuple((f.name, f.stat().st_ino, f.stat().st_mtime_ns) for f in sorted(variables.iterdir()))
+    return version
 
 
 class MindSporeBackend:
@@ -150,6 +173,7 @@ class MindSporeBackend:
             expand_broadcasts = os.environ.get("VIDEO_AOT_EXPAND_BROADCASTS", "0") == "1"
         self.expand_broadcasts = expand_broadcasts
         self.compile_cache = compile_cache
+        self.graph_kernel = graph_kernel
         ms.set_context(mode=ms.GRAPH_MODE, device_target=device_target)
         if graph_kernel:
             # graph-kernel fusion happens when the runtime compiles the loaded graph, not at export.
@@ -158,7 +182,15 @@ class MindSporeBackend:
             os.makedirs(compile_cache, exist_ok=True)
 
     def load(self, path) -> MindSporeGraph:
-        return MindSporeGraph(Path(path), expand=self.expand_broadcasts, workdir=self.compile_cache)
+        """The graph at ``path``, compiled at its first call; a file this process has loaded before (same
+        version, same options) gives back that graph instead of a second copy (see ``_LOADED``)."""
+        path = Path(path)
+        key = (_file_version(path), self.expand_broadcasts, self.device_target, self.graph_kernel)
+        with _LOADED_LOCK:
+            graph = _LOADED.get(key)
+            if graph is None:
+                graph = _LOADED[key] = MindSporeGraph(path, expand=self.expand_broadcasts, workdir=self.compile_cache)
+        return graph
 
 
 class LiteGraph:
