@@ -11,7 +11,11 @@ from video_aot.models.loading import DTYPES
 
 
 def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"export-model stopped by signal {signum}")
+    from .writer import request_stop
+
+    reason = f"export-model stopped by signal {signum}"
+    request_stop(reason)  # should the exception be swallowed inside MindSpore, the writer still stops
+    raise KeyboardInterrupt(reason)
 
 
 def parse_options(items: list, reserved=frozenset()) -> dict:

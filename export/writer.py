@@ -22,6 +22,23 @@ from .graphs import GraphSpec, rel_l2
 from video_aot.runtime.manifest import FORMAT_VERSION, MANIFEST, Manifest, sha256_file
 
 
+# A stop asked for by a signal (export-model's SIGTERM handler). The handler raises KeyboardInterrupt at
+# once, but one raised while MindSpore is calling back into Python during a compile can be swallowed there
+# (seen: a SIGTERM landing in Primitive.__getattr__ under the tiny SVD UNet's compile, called from C++ as an
+# attribute probe that clears any error; the export went on and wrote everything). So the request is also
+# kept here and checked after every graph and before the export is moved into place.
+_stop_requested: list = []
+
+
+def request_stop(reason: str):
+    _stop_requested.append(reason)
+
+
+def check_stop():
+    if _stop_requested:
+        raise KeyboardInterrupt(_stop_requested[0])
+
+
 class ExportError(RuntimeError):
     pass
 
@@ -180,6 +197,7 @@ def write_export(out_dir, graphs, manifest: dict, force: bool = False, validate:
                     onnx_unavailable[spec.name] = str(err)
                     log(f"  no ONNX for {spec.name}: {err}")
             del cell
+            check_stop()
         assets = dict(manifest.get("assets") or {})
         for rel, source in assets.items():
             target = work / rel
@@ -206,6 +224,7 @@ def write_export(out_dir, graphs, manifest: dict, force: bool = False, validate:
         tmp = work / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(full, indent=2, sort_keys=False))
         os.replace(tmp, work / MANIFEST)
+        check_stop()
         # swap into place: the old export (if any, with --force) is removed only after the new one is complete
         backup = None
         if out_dir.exists():

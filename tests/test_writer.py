@@ -58,3 +58,32 @@ def test_force_replaces_an_earlier_export_and_an_empty_folder(tmp_path):
     empty.mkdir()
     write_export(empty, [], MANIFEST, force=True, log=_quiet)
     assert (empty / "manifest.json").is_file()
+
+
+def test_a_stop_swallowed_during_a_trace_still_stops_the_export(tmp_path, monkeypatch):
+    """export-model's SIGTERM handler raises KeyboardInterrupt and records the request. Should the
+    exception be swallowed where it is raised (MindSpore calling back into Python while it compiles), the
+    writer stops after that graph and moves nothing into place."""
+    from video_aot.export import cli, writer
+    from video_aot.export.graphs import GraphSpec
+    from video_aot.runtime.manifest import TensorSpec
+
+    monkeypatch.setattr(writer, "_stop_requested", [])
+
+    def trace_swallowing_the_signal(work, spec, cell, **_):
+        try:
+            cli._raise_interrupt(15, None)
+        except KeyboardInterrupt:
+            pass  # what a swallowing callback does
+        (work / f"{spec.name}.mindir").write_bytes(b"graph")
+        return {"file": f"{spec.name}.mindir", "files": [f"{spec.name}.mindir"]}
+
+    monkeypatch.setattr(writer, "trace_graph", trace_swallowing_the_signal)
+    traced = []
+    graphs = [(GraphSpec(name, (TensorSpec("x", (1,)),), (TensorSpec("y", (1,)),)), lambda n=name: traced.append(n))
+              for name in ("first", "second")]
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt, match="stopped by signal 15"):
+        write_export(out, graphs, MANIFEST, log=_quiet)
+    assert traced == ["first"]  # stopped after the graph during which the signal came
+    assert list(tmp_path.iterdir()) == []  # no export, no work folder
