@@ -98,8 +98,10 @@ def main(argv=None) -> int:
 
     from .run import export_model
 
-    # a terminated export (SIGTERM) unwinds like Ctrl-C, so its work folder is removed
+    # a terminated export (SIGTERM) unwinds like Ctrl-C, so its work folder is removed; Ctrl-C (SIGINT) goes
+    # through the same handler, so that neither is lost inside MindSpore (export/writer.py, check_stop)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
 
     start = time.perf_counter()
     try:
