@@ -221,6 +221,26 @@ class LiteBackend:
         return LiteGraph(Path(path), self.device_target)
 
 
+def give_back_large_buffers(threshold: int = 1 << 20) -> bool:
+    """glibc only: serve every allocation of ``threshold`` bytes or more with its own mapping, returned to the
+    system when it is freed. glibc's default starts at 128 KB but raises the threshold to the size of each
+    large block freed (up to 32 MB), so after the first activations are freed the next ones come from the
+    heap, where freed blocks stay resident and fragment. With onnxruntime's arena off every activation is
+    such an allocation: the small CogVideoX-2b VAE decoder peaked at 1629 MB with glibc's default and at
+    1101 MB with this, at the same speed (benchmarks/NOTES.md, "Activations given back"). Process-wide; left
+    alone when the user set MALLOC_MMAP_THRESHOLD_. Returns whether it was set."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, threshold))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 class OnnxRuntimeGraph:
     """An onnxruntime CPU session over one graph's ONNX file, called with arrays in the graph's input order.
 
@@ -259,6 +279,8 @@ class OnnxRuntimeBackend:
 
         self.threads = threads
         self.arena = arena
+        if not arena:
+            give_back_large_buffers()
 
     def load(self, path) -> OnnxRuntimeGraph:
         return OnnxRuntimeGraph(Path(path), self.threads, self.arena)
