@@ -6,6 +6,7 @@ mindspore_lite.Model: build_from_file, get_inputs, set_data_from_numpy, predict)
 backend itself runs in every pipeline test."""
 from __future__ import annotations
 
+import os
 import sys
 import types
 
@@ -70,3 +71,44 @@ def test_mindspore_is_the_fallback_and_names_are_checked(monkeypatch):
     assert backends.make_backend(None).name == "mindspore"
     with pytest.raises(ValueError, match="unknown backend 'onnx'.*mindspore.*lite"):
         backends.make_backend("onnx")
+
+
+def test_large_buffers_are_given_back_when_freed():
+    """The onnxruntime backend has glibc serve every block of 1 MB or more with its own mapping: freed
+    activations leave the process instead of staying in the heap. Run in a child process, since the
+    setting is process-wide: 2 MB blocks, allocated together and freed, come back to the system."""
+    import subprocess
+
+    script = """
+import ctypes, os, sys
+from video_aot.runtime.backends import give_back_large_buffers
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+def churn():
+    # a freed 20 MB mapping first: glibc then raises its threshold past 2 MB, unless it was fixed
+    big = libc.malloc(20 << 20); ctypes.memset(big, 1, 20 << 20); libc.free(big)
+    blocks = [libc.malloc(2 << 20) for _ in range(100)]
+    for b in blocks:
+        ctypes.memset(b, 1, 2 << 20)
+    top = rss()
+    for b in reversed(blocks[:-1]):  # the last one keeps the heap's top in place, as live data would
+        libc.free(b)
+    kept = rss() - (top - 200)
+    libc.free(blocks[-1])
+    return kept
+if sys.argv[1] == "set":
+    assert give_back_large_buffers()
+print(churn())
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    kept = {mode: int(subprocess.run([sys.executable, "-c", script, mode], env=env, capture_output=True, text=True,
+                                     check=True).stdout) for mode in ("default", "set")}
+    assert kept["set"] <= 20, kept  # MB of the 200 freed still resident
+    assert kept["default"] >= 150, kept  # glibc's default: the check above would pass without the setting
+    env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    out = subprocess.run([sys.executable, "-c", "from video_aot.runtime.backends import give_back_large_buffers as g;"
+                          "print(g())"], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"  # the user's own setting is left alone
