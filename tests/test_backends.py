@@ -82,11 +82,12 @@ def test_large_buffers_are_given_back_when_freed():
     script = """
 import ctypes, os, sys
 from video_aot.runtime.backends import give_back_large_buffers
+from video_aot.runtime.metrics import rss_bytes
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
 def rss():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+    return rss_bytes()[0] >> 20
 def churn():
     # a freed 20 MB mapping first: glibc then raises its threshold past 2 MB, unless it was fixed
     big = libc.malloc(20 << 20); ctypes.memset(big, 1, 20 << 20); libc.free(big)
