@@ -3,7 +3,7 @@
 
 1. backward (DDIM) from T to T_1 on the first frame alone (frame 0 of graph ``unet_video``, given the
    first frame repeated: export/text2video_zero.py says why that is diffusers' plain UNet; exports made
-   before that change have a graph ``unet_frame`` of one frame, which is used when present),
+   before that change, with a separate one-frame graph ``unet_frame``, are refused at load: re-export),
 2. on to T_0,
 3. the first frame at T_0 copied to the other frames and warped by a translation motion field
    (``create_motion_field_and_warp_latents``: numpy, matching torch's bilinear ``F.interpolate`` and
@@ -36,7 +36,7 @@ import numpy as np
 
 from .base import ExportedPipeline
 from .families import FamilySpec
-from .manifest import ShapeMismatch
+from .manifest import ExportInvalid, ShapeMismatch
 from .schedulers import make_betas
 from .t2v import _UNet3DPipeline
 
@@ -155,10 +155,17 @@ class TextToVideoZeroPipeline(_UNet3DPipeline):
     prompts) is runtime/t2v.py's ``encode_prompt``."""
 
     family = "text2video_zero"
-    graph_names = ("text_encoder", "unet_frame", "unet_video", "vae_decoder", "vae_decoder_tail")
+    graph_names = ("text_encoder", "unet_video", "vae_decoder", "vae_decoder_tail")
     image_inputs = ()
     request_limits = {"guidance_scale": (0.0, 50.0), "t0": (0, 999), "t1": (1, 999)}
     SCHEDULERS = ("ddim",)
+
+    def __init__(self, export, backend):
+        if "unet_frame" in export.manifest["graphs"]:
+            raise ExportInvalid(f"{export.root}: this export has the separate first-frame graph 'unet_frame' that "
+                                "export-model wrote before the first frame ran through 'unet_video'; this runtime "
+                                "no longer reads it: export the model again")
+        super().__init__(export, backend)
 
     def __call__(
         self,
@@ -241,13 +248,8 @@ class TextToVideoZeroPipeline(_UNet3DPipeline):
             return self.graphs["unet_video"](sample=model_in, timestep=np.array([t], F32),
                                              encoder_hidden_states=context, guidance_scale=guidance)[0]
 
-        if "unet_frame" in self.graphs:  # an export made with a separate first-frame graph
-            def frame_step(model_in, t, i):
-                return self.graphs["unet_frame"](sample=model_in, timestep=np.array([t], F32),
-                                                 encoder_hidden_states=context, guidance_scale=guidance)[0]
-        else:
-            def frame_step(model_in, t, i):  # model_in: [1, C, h, w]; frame 0 of the cross-frame graph
-                return video_step(np.repeat(model_in, video_length, axis=0), t, i)[:1]
+        def frame_step(model_in, t, i):  # model_in: [1, C, h, w]; frame 0 of the cross-frame graph
+            return video_step(np.repeat(model_in, video_length, axis=0), t, i)[:1]
 
         def phase_callback(start):  # diffusers' backward_loop counts i from 0 in every phase
             return self.legacy_step_hook(callback, callback_steps, offset=start)

@@ -270,6 +270,23 @@ def test_preset_plans_the_sd15_graphs(snapshot):
                      dry_run=True, log=lambda *a: None)
 
 
+def test_an_export_with_the_old_first_frame_graph_is_refused(exports, tmp_path):
+    """Exports written before the first frame ran through unet_video had a graph unet_frame; the runtime
+    no longer reads them and says to export again, before loading any graph."""
+    import json
+    import shutil
+
+    from video_aot.runtime.manifest import ExportInvalid
+
+    old = tmp_path / "old-export"
+    shutil.copytree(exports["b"], old)
+    raw = json.loads((old / "manifest.json").read_text())
+    raw["graphs"]["unet_frame"] = raw["graphs"]["unet_video"]
+    (old / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ExportInvalid, match="unet_frame.*export the model again"):
+        load_pipeline(str(old), backend="mindspore")
+
+
 # ----------------------------------------------------------------------------- the shared pipeline suite
 @pytest.fixture(scope="module")
 def case(snapshot, exports, pipelines):
