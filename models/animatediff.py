@@ -32,8 +32,8 @@ from .loading import (
     LoadError, component_class, config_from_dict, load_state_dict, read_json, read_weights, register, set_dtype,
 )
 from .unet2d import (
-    UNet2DBody, UNet2DConditionConfig, UNetLayout, _per_block, batch_to_frames, check_block_types, frames_to_batch,
-    repeat_per_frame,
+    UNet2DBody, UNet2DConditionConfig, UNetLayout, _per_block, batch_to_frames, check_block_types, check_frame_count,
+    frames_to_batch, repeat_per_frame,
 )
 from .unet3d import TransformerTemporalModel
 
@@ -42,6 +42,17 @@ from .unet3d import TransformerTemporalModel
 def _per_layer(value, n: int, name: str) -> tuple:
     """One block's per-layer value: an int for every layer, or a tuple of one int per layer."""
     return _per_block(value, n, name, "layers")
+
+
+def _per_block_per_layer(value, n: int, name: str) -> tuple:
+    """A per-block value whose entries may themselves be per-layer tuples (diffusers' motion-module
+    depths): an int for every block, or a tuple of ``n`` entries, each an int or a tuple of ints
+    (checked against the block's layer count by :func:`_per_layer`)."""
+    if not isinstance(value, (tuple, list)):
+        return (value,) * n
+    if len(value) != n:
+        raise ValueError(f"{name} {tuple(value)} has {len(value)} entries for {n} blocks")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -138,15 +149,20 @@ class UNetMotionConfig:
             value = self.temporal_transformer_layers_per_mid_block
             return _per_layer(1 if value is None else value, self.mid_block_layers,
                               "temporal_transformer_layers_per_mid_block")
+        down = _per_block_per_layer(self.temporal_transformer_layers_per_block, n,
+                                    "temporal_transformer_layers_per_block")
         if kind == "down":
-            per = _per_block(self.temporal_transformer_layers_per_block, n, "temporal_transformer_layers_per_block")
-            return tuple(_per_layer(per[i], layers[i], "temporal_transformer_layers_per_block") for i in range(n))
+            return tuple(_per_layer(down[i], layers[i], "temporal_transformer_layers_per_block") for i in range(n))
         if self.reverse_temporal_transformer_layers_per_block is None:
-            per = tuple(reversed(_per_block(self.temporal_transformer_layers_per_block, n,
-                                            "temporal_transformer_layers_per_block")))
+            if any(isinstance(v, (tuple, list)) for v in down):
+                # an up block has one layer more than its down block: per-layer depths cannot be mirrored
+                raise ValueError("Must provide 'reverse_temporal_transformer_layers_per_block` if using asymmetrical "
+                                 f"motion module in UNet (temporal_transformer_layers_per_block {down} has per-layer "
+                                 "values)")
+            per = tuple(reversed(down))
         else:
-            per = _per_block(self.reverse_temporal_transformer_layers_per_block, n,
-                             "reverse_temporal_transformer_layers_per_block")
+            per = _per_block_per_layer(self.reverse_temporal_transformer_layers_per_block, n,
+                                       "reverse_temporal_transformer_layers_per_block")
         return tuple(_per_layer(per[i], layers[n - 1 - i] + 1, "reverse_temporal_transformer_layers_per_block")
                      for i in range(n))
 
@@ -289,6 +305,7 @@ class UNetMotionModel(UNet2DBody):
     def construct(self, sample, timestep, encoder_hidden_states):
         # sample: [B, C, F, h, w]; timestep: [1] or [B]; encoder_hidden_states: [B*F, M, D]
         f = sample.shape[2]
+        check_frame_count(f, self.num_frames)
         dtype = self.conv_in.weight.dtype
         # 1. time: [B, T], repeated per frame -> [B*F, T]
         emb = repeat_per_frame(self._time_embedding(timestep, sample.shape[0]), f)

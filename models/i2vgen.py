@@ -26,7 +26,7 @@ from mindspore import Tensor, nn, ops
 
 from .layers import Attention, Conv2d, FeedForward, Identity, LayerNorm, Linear, silu
 from .loading import register
-from .unet2d import batch_to_frames, frames_to_batch, repeat_per_frame
+from .unet2d import batch_to_frames, check_frame_count, frames_to_batch, repeat_per_frame
 from .unet3d import UNet3DConditionConfig, UNet3DConditionModel
 
 # diffusers builds the image stem's first convs for 4 latent channels whatever in_channels is
@@ -187,6 +187,7 @@ class I2VGenXLUNet(UNet3DConditionModel):
         # sample: [B, C, F, h, w]; timestep, fps: [1] or [B]; image_latents: [B, 4, F, h, w];
         # image_embeddings: [B, 1, D] or [B, D]; encoder_hidden_states: [B, M, D]
         b, cin, f = sample.shape[0], sample.shape[1], sample.shape[2]
+        check_frame_count(f, self.num_frames)
         dtype = self.conv_in.weight.dtype
         d = self.config.cross_attention_dim
         # 1-3. time + fps embeddings: [B, T], repeated per frame -> [B*F, T]

@@ -18,8 +18,8 @@ from .layers import (
 )
 from .loading import register
 from .unet2d import (
-    DownBlock2D, UNet2DBody, UNetMidBlock2DCrossAttn, UpBlock2D, _per_block, check_block_types, repeat_per_frame,
-    up_resnet_in_channels,
+    DownBlock2D, UNet2DBody, UNetMidBlock2DCrossAttn, UpBlock2D, _per_block, check_block_types, check_frame_count,
+    repeat_per_frame, up_resnet_in_channels,
 )
 from .vae import Encoder
 
@@ -334,6 +334,7 @@ class UNetSpatioTemporalConditionModel(UNet2DBody):
         # sample: [B, F, C_in, h, w]; timestep: [B] or [1]; encoder_hidden_states: [B, M, D];
         # added_time_ids: [B, 3]  ->  [B, F, C_out, h, w]
         b, f, cin, hgt, wid = sample.shape
+        check_frame_count(f, self.num_frames)
         dtype = self.conv_in.weight.dtype
         emb = self._time_embedding(timestep, b)
         time_embeds = self.add_time_proj(added_time_ids.reshape(-1)).reshape(b, -1).astype(dtype)

@@ -138,9 +138,9 @@ class UNet2DConditionConfig:
             if getattr(self, name) != value:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported; supported: {value!r} "
                                  "(the Stable Diffusion 1.x/2.x UNet)")
-        if any(_per_block(self.only_cross_attention, n, "only_cross_attention")) or self.mid_block_only_cross_attention:
-            raise ValueError(f"only_cross_attention={self.only_cross_attention!r} / mid_block_only_cross_attention="
-                             f"{self.mid_block_only_cross_attention!r} is not supported; supported: False")
+        # mid_block_only_cross_attention is not checked: diffusers reads it for UNetMidBlock2DSimpleCrossAttn only
+        if any(_per_block(self.only_cross_attention, n, "only_cross_attention")):
+            raise ValueError(f"only_cross_attention={self.only_cross_attention!r} is not supported; supported: False")
         if self.act_fn not in ("silu", "swish"):
             raise ValueError(f"act_fn {self.act_fn!r} is not supported; supported: 'silu', 'swish'")
         if self.time_embedding_act_fn is not None:
@@ -469,6 +469,15 @@ def mid_block(channels, temb_channels, layout, cross_frames=None, temporal=None)
 
 # ============================================================================= UNet
 # the video UNets run their levels on frames folded into the batch, [B*F, C, h, w], as diffusers does
+def check_frame_count(frames: int, num_frames: int):
+    """A video UNet's temporal layers group the [B*F, ...] rows by the ``num_frames`` it was built
+    with; diffusers reads F from the sample instead. Another frame count would mix frames of different
+    videos without any error, so it is refused (a constant test: shapes are static)."""
+    if frames != num_frames:
+        raise ValueError(f"the sample has {frames} frames but this network was built for num_frames="
+                         f"{num_frames}; build (load_network(..., num_frames=...)) or export it for {frames}")
+
+
 def frames_to_batch(x):
     # x: [B, C, F, h, w] -> [B*F, C, h, w]
     b, c, f, hgt, wid = x.shape

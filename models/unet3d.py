@@ -19,7 +19,9 @@ from mindspore import nn
 
 from .layers import BasicTransformerBlock, Conv3d, GroupNorm, Identity, Linear, silu
 from .loading import register
-from .unet2d import UNet2DBody, UNetLayout, batch_to_frames, check_block_types, frames_to_batch, repeat_per_frame
+from .unet2d import (
+    UNet2DBody, UNetLayout, batch_to_frames, check_block_types, check_frame_count, frames_to_batch, repeat_per_frame,
+)
 
 
 # ============================================================================= config
@@ -196,6 +198,7 @@ class UNet3DConditionModel(UNet2DBody):
     def construct(self, sample, timestep, encoder_hidden_states):
         # sample: [B, C, F, h, w]; timestep: [1] or [B]; encoder_hidden_states: [B, M, D]
         f = sample.shape[2]
+        check_frame_count(f, self.num_frames)
         dtype = self.conv_in.weight.dtype
         # 1. time: [B, T], repeated per frame -> [B*F, T]; the context likewise -> [B*F, M, D]
         emb = repeat_per_frame(self._time_embedding(timestep, sample.shape[0]), f)

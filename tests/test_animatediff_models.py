@@ -94,6 +94,9 @@ def test_unet2d_config_errors_teach(tmp_path):
         (tmp_path / "config.json").write_text(json.dumps({**raw, key: value}))
         with pytest.raises(LoadError, match=pattern):
             load_config(tmp_path)
+    # diffusers reads mid_block_only_cross_attention for UNetMidBlock2DSimpleCrossAttn only: no effect here
+    (tmp_path / "config.json").write_text(json.dumps({**raw, "mid_block_only_cross_attention": True}))
+    assert load_config(tmp_path)[1].mid_block_only_cross_attention is True
 
 
 # ----------------------------------------------------------------------------- UNetMotionModel
@@ -151,6 +154,35 @@ def test_unet_motion_from_unet_and_adapter_matches_diffusers(tmp_path, motion_in
     _compare("UNetMotionModel (unet + adapter, no mid-block motion)", _run(cell, sample, T_MOTION, context), ref)
 
 
+def test_unet_motion_per_layer_temporal_depths_match_diffusers(tmp_path, motion_inputs):
+    """temporal_transformer_layers_per_block with per-layer tuples (diffusers then needs the up blocks'
+    depths in reverse_temporal_transformer_layers_per_block, each up block having one layer more)."""
+    from diffusers import UNetMotionModel as TorchUNetMotionModel
+
+    from tiny import perturb
+
+    sample, context, f = motion_inputs
+    torch.manual_seed(8)
+    model = perturb(TorchUNetMotionModel(
+        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=2, cross_attention_dim=8,
+        down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
+        up_block_types=("UpBlockMotion", "CrossAttnUpBlockMotion"), num_attention_heads=4,
+        motion_num_attention_heads=4, motion_max_seq_length=8, use_motion_mid_block=False,
+        temporal_transformer_layers_per_block=((2,), 1), reverse_temporal_transformer_layers_per_block=((1, 2), 1),
+    ).eval(), 8, scale=0.05)
+    model.save_pretrained(tmp_path)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(sample), torch.tensor(400), torch.from_numpy(context)).sample.numpy()
+    cell, config = load_network(tmp_path, num_frames=f)
+    assert config.temporal_layers("down") == ((2,), (1,)) and config.temporal_layers("up") == ((1, 2), (1, 1))
+    _compare("UNetMotionModel (per-layer temporal depths)", _run(cell, sample, T_MOTION, context), ref)
+    # per-layer depths without the reversed ones: diffusers refuses them, and so do we
+    raw = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**raw, "reverse_temporal_transformer_layers_per_block": None}))
+    with pytest.raises(LoadError, match="Must provide 'reverse_temporal_transformer_layers_per_block"):
+        load_config(tmp_path)
+
+
 def test_unet_motion_refuses_more_frames_than_max_seq_length(tmp_path):
     unet = animatediff_unet(0, layers_per_block=1)
     adapter = motion_adapter(0, motion_layers_per_block=1)
@@ -160,6 +192,9 @@ def test_unet_motion_refuses_more_frames_than_max_seq_length(tmp_path):
         load_unet_motion(tmp_path / "unet", tmp_path / "motion_adapter", random_weights=True, num_frames=9)
     cell, _ = load_unet_motion(tmp_path / "unet", tmp_path / "motion_adapter", random_weights=True, num_frames=8)
     assert isinstance(cell, UNetMotionModel) and cell.num_frames == 8
+    # a sample with another frame count would be regrouped into 8-frame videos: refused
+    with pytest.raises(ValueError, match="sample has 4 frames but this network was built for num_frames=8"):
+        _run(cell, np.zeros((2, 4, 4, 8, 8), np.float32), T_MOTION, np.zeros((8, 5, 8), np.float32))
     # an adapter that does not fit the UNet
     motion_adapter(0, motion_layers_per_block=2).save_pretrained(tmp_path / "other")
     with pytest.raises(LoadError, match="different number of layers per block"):
