@@ -15,7 +15,7 @@ from mindspore import nn, ops
 
 from .layers import Conv2d
 from .loading import register
-from .vae import Decoder, Encoder
+from .vae import Decoder, Encoder, map_vae_weights
 
 
 @dataclass(frozen=True)
@@ -101,4 +101,4 @@ class AutoencoderKL(nn.Cell):
         return self.decode(z)
 
 
-register("AutoencoderKL", AutoencoderKLConfig, AutoencoderKL)
+register("AutoencoderKL", AutoencoderKLConfig, AutoencoderKL, map_weights=map_vae_weights)

@@ -32,6 +32,7 @@ from .layers import (
 )
 from .loading import register
 from .mochi_vae import replicate_pad
+from .vae import map_vae_weights
 
 BLOCK_TYPES_DOWN = ("HunyuanVideoDownBlock3D",) * 4
 BLOCK_TYPES_UP = ("HunyuanVideoUpBlock3D",) * 4
@@ -306,7 +307,7 @@ def build_vae(config: AutoencoderKLHunyuanVideoConfig):
     return AutoencoderKLHunyuanVideo(config)
 
 
-register("AutoencoderKLHunyuanVideo", AutoencoderKLHunyuanVideoConfig, build_vae)
+register("AutoencoderKLHunyuanVideo", AutoencoderKLHunyuanVideoConfig, build_vae, map_weights=map_vae_weights)
 
 
 # ============================================================================= tiling settings

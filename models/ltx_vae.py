@@ -77,11 +77,27 @@ class AutoencoderKLLTXVideoConfig:
             raise ValueError(f"down_block_types, spatio_temporal_scaling and layers_per_block need {n_enc} entries "
                              f"for block_out_channels {self.block_out_channels} (the mid block takes "
                              "layers_per_block[-1])")
+        if self.patch_size_t != 1:
+            raise ValueError(f"patch_size_t {self.patch_size_t} is not supported (only 1): diffusers sizes conv_in "
+                             "and conv_out by patch_size alone, so its encoder and decoder fail on temporal patches; "
+                             "no LTX checkpoint has them")
         for i in range(n_enc):
-            if self.down_block_types[i] == "LTXVideo095DownBlock3D" and self.spatio_temporal_scaling[i] \
-                    and self.downsample_type[i] not in DOWNSAMPLE_TYPES:
-                raise ValueError(f"downsample_type {self.downsample_type[i]!r} is not supported; "
-                                 f"supported: {DOWNSAMPLE_TYPES}")
+            if self.down_block_types[i] != "LTXVideo095DownBlock3D":
+                continue
+            if len(self.downsample_type) <= i:
+                raise ValueError(f"downsample_type {self.downsample_type} needs an entry for down block {i}")
+            kind = self.downsample_type[i] if self.spatio_temporal_scaling[i] else None
+            if kind is not None and kind not in DOWNSAMPLE_TYPES:
+                raise ValueError(f"downsample_type {kind!r} is not supported; supported: {DOWNSAMPLE_TYPES}")
+            # the encoder's channels as diffusers lays them out (see LTXVideoEncoder3d)
+            cin = self.block_out_channels[i]
+            cout = self.block_out_channels[i + 1] if self.is_095_encoder or i + 1 < n_enc else cin
+            if kind in (None, "conv") and cin != cout:
+                raise ValueError(
+                    f"down block {i} (LTXVideo095DownBlock3D, downsample_type {kind or 'none'}) would change channels "
+                    f"{cin} -> {cout}, but only the space-to-depth downsamplers ('spatial', 'temporal', "
+                    "'spatiotemporal') change channels: diffusers' encoder fails on this layout; no LTX checkpoint "
+                    "has it")
         n_dec = len(self.decoder_block_out_channels)
         for name in ("decoder_spatio_temporal_scaling", "upsample_residual", "upsample_factor"):
             if len(getattr(self, name)) < n_dec:
@@ -97,6 +113,13 @@ class AutoencoderKLLTXVideoConfig:
                         f"decoder up block {i} changes channels ({cin} -> {cout}) with a resnet conv_in while "
                         "timestep_conditioning is on: diffusers feeds that resnet the raw timestep and fails; no "
                         "LTX checkpoint has this layout")
+        inject = tuple(reversed(self.decoder_inject_noise))
+        for i, (cin, cout) in enumerate(_decoder_block_channels(self)):
+            if cin != cout and inject[i + 1]:
+                raise ValueError(
+                    f"decoder up block {i} changes channels ({cin} -> {cout}) with a resnet conv_in that injects "
+                    "noise (decoder_inject_noise): diffusers sizes its per-channel noise scales by the input "
+                    "channels and fails; no LTX checkpoint has this layout")
 
     @property
     def is_095_encoder(self) -> bool:

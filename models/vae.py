@@ -3,11 +3,30 @@
 AutoencoderKL (models/autoencoder_kl.py: ModelScope, zeroscope, later AnimateDiff, I2VGen-XL)."""
 from __future__ import annotations
 
+import re
+
 from mindspore import nn
 
 from .layers import (
     Attention, Conv2d, Downsample2D, GroupNorm, ResnetAttentionStack, ResnetBlock2D, ResnetStack, Upsample2D, silu,
 )
+
+
+# older checkpoints (AttentionBlock, before diffusers moved the VAE mid-block to Attention) name these weights so;
+# diffusers renames them on load (ModelMixin._fix_state_dict_keys_on_load), so the same files load here
+_DEPRECATED_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+_DEPRECATED_ATTENTION_KEY = re.compile(
+    r"^((?:encoder|decoder)\.mid_block\.attentions\.\d+)\.(query|key|value|proj_attn)\.(weight|bias)$")
+
+
+def map_vae_weights(key: str, value) -> list:
+    """``encoder/decoder.mid_block.attentions.N.{query,key,value,proj_attn}.*`` -> ``to_q``, ``to_k``,
+    ``to_v``, ``to_out.0`` (the same [C, C] linear weights); every other key unchanged."""
+    match = _DEPRECATED_ATTENTION_KEY.match(key)
+    if match is None:
+        return [(key, value)]
+    path, old, param = match.groups()
+    return [(f"{path}.{_DEPRECATED_ATTENTION[old]}.{param}", value)]
 
 
 class DownEncoderBlock2D(ResnetStack):
@@ -45,7 +64,7 @@ class Encoder(nn.Cell):
                  layers_per_block: int, norm_num_groups: int = 32, act_fn: str = "silu", double_z: bool = True,
                  mid_block_add_attention: bool = True):
         super().__init__()
-        if act_fn != "silu":
+        if act_fn not in ("silu", "swish"):
             raise ValueError(f"VAE encoder act_fn {act_fn!r} is not supported (only 'silu')")
         for kind in down_block_types:
             if kind != "DownEncoderBlock2D":

@@ -57,6 +57,16 @@ def test_forward_chunking_rejects_bad_values(unet_dir):
         cell.enable_forward_chunking(1, dim=2)
 
 
+def test_unet3d_refuses_a_frame_count_it_was_not_built_for(unet_dir):
+    """The temporal layers group the [B*F] rows by the built num_frames: a 1 x 4-frame sample on a
+    2-frame network would run as two 2-frame videos (rel L2 0.36 from diffusers) without the check."""
+    _, folder = unet_dir
+    cell, _ = load_network(folder, random_weights=True, num_frames=2)
+    sample = np.zeros((1, 4, 4, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="sample has 4 frames but this network was built for num_frames=2"):
+        cell(ms.Tensor(sample), ms.Tensor(np.array([1.0], np.float32)), ms.Tensor(np.zeros((1, 3, 32), np.float32)))
+
+
 def test_unet3d_config_errors_teach(tmp_path):
     import json
 
@@ -105,3 +115,41 @@ def test_autoencoder_kl_encode_decode_match_diffusers(vae_dir):
     errors = {"mean": rel_l2(mean, ref_mean), "std": rel_l2(std, ref_std), "decode": rel_l2(dec, ref_dec)}
     print("AutoencoderKL rel L2 vs diffusers:", {k: f"{v:.2e}" for k, v in errors.items()})
     assert max(errors.values()) < TOL
+
+
+def test_autoencoder_kl_loads_deprecated_attention_names(vae_dir, tmp_path):
+    """Older VAE checkpoints name the mid-block attention query/key/value/proj_attn (diffusers'
+    AttentionBlock); diffusers renames them on load, and so does our loader."""
+    import shutil
+
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file, save_file
+
+    model, folder = vae_dir
+    shutil.copy(folder / "config.json", tmp_path / "config.json")
+    new = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+    state = {}
+    for key, value in load_file(folder / "diffusion_pytorch_model.safetensors").items():
+        for name, old in new.items():
+            if ".mid_block.attentions." in key and f".{name}." in key:
+                key = key.replace(f".{name}.", f".{old}.")
+        state[key] = value
+    assert "decoder.mid_block.attentions.0.proj_attn.weight" in state
+    save_file(state, tmp_path / "diffusion_pytorch_model.safetensors")
+    latents = np.random.default_rng(2).standard_normal((1, 4, 6, 4)).astype(np.float32)
+    with torch.no_grad():
+        expected = AutoencoderKL.from_pretrained(tmp_path).decode(torch.from_numpy(latents)).sample.numpy()
+        assert rel_l2(expected, model.decode(torch.from_numpy(latents)).sample.numpy()) < 1e-6
+    cell, _ = load_network(tmp_path)
+    assert rel_l2(cell(ms.Tensor(latents)).asnumpy(), expected) < TOL
+
+
+def test_autoencoder_kl_swish_is_silu(tmp_path):
+    # diffusers' get_activation("swish") is SiLU; the encoder refused the name before
+    model = vae(6, act_fn="swish")
+    model.save_pretrained(tmp_path)
+    cell, _ = load_network(tmp_path)
+    image = np.random.default_rng(3).uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        expected = model.encode(torch.from_numpy(image)).latent_dist.mean.numpy()
+    assert rel_l2(cell.encode_moments(ms.Tensor(image))[0].asnumpy(), expected) < TOL
