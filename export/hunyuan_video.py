@@ -146,6 +146,9 @@ def plan(snapshot: Path, weights: Path | None, frames: int, height: int, width: 
     f, h, w = latent_frames(frames, temporal), height // spatial, width // spatial
     if f % tcfg.patch_size_t:
         raise ValueError(f"{frames} frames give {f} latent frames, not a multiple of patch_size_t {tcfg.patch_size_t}")
+    if tcfg.image_condition_type is not None:
+        raise ValueError(f"the transformer is an image-to-video one (image_condition_type "
+                         f"{tcfg.image_condition_type!r}); HunyuanVideoPipeline is text-to-video and feeds no image")
     latent = vcfg.latent_channels
     if tcfg.in_channels != latent or tcfg.output_channels != latent:
         raise ValueError(f"transformer in/out channels ({tcfg.in_channels}/{tcfg.output_channels}) must equal the "

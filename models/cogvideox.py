@@ -30,6 +30,10 @@ from .loading import register
 
 
 # ============================================================================= config
+# diffusers get_activation's choices for TimestepEmbedding (mish is not ported)
+TIMESTEP_ACTIVATIONS = ("silu", "swish", "gelu", "relu")
+
+
 @dataclass(frozen=True)
 class CogVideoXTransformerConfig:
     """diffusers ``CogVideoXTransformer3DModel.__init__``: every field, every default."""
@@ -75,15 +79,20 @@ class CogVideoXTransformerConfig:
                 "patch_size_t (CogVideoX 1.5) is only supported with use_rotary_positional_embeddings=True: the "
                 "sincos table has one row per latent frame, not per temporal patch"
             )
+        if self.patch_size_t is not None and self.use_learned_positional_embeddings:
+            raise ValueError(
+                "patch_size_t (CogVideoX 1.5) with use_learned_positional_embeddings=True is not supported: the "
+                "learned table has one row per latent frame, not per temporal patch (diffusers fails on it too)"
+            )
         if self.activation_fn not in FeedForward._ACTS:
             raise ValueError(f"activation_fn {self.activation_fn!r} is not supported; "
                              f"supported: {sorted(FeedForward._ACTS)}")
-        if self.timestep_activation_fn not in ("silu", "swish"):
+        if self.timestep_activation_fn not in TIMESTEP_ACTIVATIONS:
             raise ValueError(f"timestep_activation_fn {self.timestep_activation_fn!r} is not supported; supported: "
-                             "'silu'")
-        if self.attention_head_dim % 8 and self.use_rotary_positional_embeddings:
-            raise ValueError(f"attention_head_dim {self.attention_head_dim} must be a multiple of 8 for the 3-D "
-                             "rotary embedding (t: d/4, h: 3d/8, w: 3d/8)")
+                             f"{list(TIMESTEP_ACTIVATIONS)}")
+        if self.attention_head_dim % 16 and self.use_rotary_positional_embeddings:
+            raise ValueError(f"attention_head_dim {self.attention_head_dim} must be a multiple of 16 for the 3-D "
+                             "rotary embedding (t: d/4, h: 3d/8, w: 3d/8, each an even number of channels)")
         if self.uses_sincos and self.inner_dim % 16:
             raise ValueError(f"num_attention_heads * attention_head_dim = {self.inner_dim} must be a multiple of 16 "
                              "for the 3-D sincos positional embedding")
@@ -398,11 +407,12 @@ class CogVideoXTransformer3DModel(nn.Cell):
                              f"{c.patch_size_t}; the CogVideoX 1.5 pipeline pads the latents first")
         self.patch_embed = CogVideoXPatchEmbed(c, self.latent_frames, self.latent_height, self.latent_width)
         self.time_proj = Timesteps(c.inner_dim, c.flip_sin_to_cos, c.freq_shift)
-        self.time_embedding = TimestepEmbedding(c.inner_dim, c.time_embed_dim)
+        self.time_embedding = TimestepEmbedding(c.inner_dim, c.time_embed_dim, act_fn=c.timestep_activation_fn)
         self.has_ofs = bool(c.ofs_embed_dim)
         if self.has_ofs:
             self.ofs_proj = Timesteps(c.ofs_embed_dim, c.flip_sin_to_cos, c.freq_shift)
-            self.ofs_embedding = TimestepEmbedding(c.ofs_embed_dim, c.ofs_embed_dim)
+            self.ofs_embedding = TimestepEmbedding(c.ofs_embed_dim, c.ofs_embed_dim,
+                                                   act_fn=c.timestep_activation_fn)
         self.transformer_blocks = nn.CellList([CogVideoXBlock(c) for _ in range(c.num_layers)])
         self.norm_final = LayerNorm(c.inner_dim, eps=c.norm_eps, elementwise_affine=c.norm_elementwise_affine)
         self.norm_out = AdaLayerNorm(c.time_embed_dim, 2 * c.inner_dim, c.norm_elementwise_affine, c.norm_eps)

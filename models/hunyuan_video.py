@@ -11,6 +11,10 @@ conditioning vector is timestep + guidance (guidance-distilled) + CLIP pooled em
 [video | text]) and ``num_single_layers`` single-stream blocks (one set of weights over the
 concatenated sequence, attention and MLP in parallel), an adaptive norm and the unpatchify.
 
+Image-to-video (``image_condition_type``): "latent_concat" only widens the input channels;
+"token_replace" modulates the first latent frame's video tokens with the timestep-0 embedding (plus
+the pooled text, without guidance) in every block, the other tokens with the step's conditioning.
+
 Text mask. diffusers builds the joint attention mask from the number of valid caption tokens only:
 key j of [video | text] is attended to iff j < N + sum(encoder_attention_mask) (it assumes the
 valid tokens are a prefix, which is what the right-padding Llama tokenizer gives). Padded text rows
@@ -46,6 +50,12 @@ from .mochi import MASKED, AdaLayerNormContinuous
 
 
 # ============================================================================= config
+# None: text-to-video. "latent_concat" (I2V): the image latents are concatenated to the input channels,
+# the network is the text-to-video one. "token_replace" (I2V): the first latent frame's tokens are
+# modulated by the timestep-0 embedding instead of the step's (diffusers' TokenReplace blocks).
+IMAGE_CONDITION_TYPES = (None, "latent_concat", "token_replace")
+
+
 @dataclass(frozen=True)
 class HunyuanVideoTransformerConfig:
     """diffusers ``HunyuanVideoTransformer3DModel.__init__``: every field, every default."""
@@ -66,12 +76,12 @@ class HunyuanVideoTransformerConfig:
     pooled_projection_dim: int = 768
     rope_theta: float = 256.0
     rope_axes_dim: tuple = (16, 56, 56)
-    image_condition_type: Optional[str] = None
+    image_condition_type: Optional[str] = None  # HunyuanVideo-I2V: "latent_concat" or "token_replace"
 
     def __post_init__(self):
-        if self.image_condition_type is not None:
-            raise ValueError(f"image_condition_type {self.image_condition_type!r} (HunyuanVideo I2V) is not supported; "
-                             "only the text-to-video transformer (image_condition_type None) is")
+        if self.image_condition_type not in IMAGE_CONDITION_TYPES:
+            raise ValueError(f"image_condition_type {self.image_condition_type!r} is not supported; supported: "
+                             f"{list(IMAGE_CONDITION_TYPES)}")
         if self.qk_norm != "rms_norm":
             raise ValueError(f"qk_norm {self.qk_norm!r} is not supported; supported: 'rms_norm'")
         if len(self.rope_axes_dim) != 3 or sum(self.rope_axes_dim) != self.attention_head_dim:
@@ -257,17 +267,33 @@ class HunyuanVideoTokenRefiner(nn.Cell):
 
 
 # ============================================================================= main blocks
+def modulation(linear, emb, tr_emb, first: int, length: int):
+    """linear(silu(emb)) as [B, 1, M], or with a token-replace embedding (image_condition_type
+    "token_replace") per token [B, length, M]: the first ``first`` tokens (the first latent frame) take
+    linear(silu(tr_emb)), the others linear(silu(emb)), as diffusers' TokenReplace norms."""
+    mod = linear(silu(emb))[:, None]  # [B, 1, M]
+    if tr_emb is None:
+        return mod
+    b, _, m = mod.shape
+    tr = linear(silu(tr_emb))[:, None]
+    if first >= length:  # one latent frame: every token is a first-frame token (no empty slice)
+        return tr
+    return ops.cat((ops.broadcast_to(tr, (b, first, m)), ops.broadcast_to(mod, (b, length - first, m))), 1)
+
+
 class AdaLayerNormZero(nn.Cell):
-    """linear(silu(emb)) -> shift, scale, gate (msa), shift, scale, gate (mlp); x -> norm(x) * (1 + scale) + shift."""
+    """linear(silu(emb)) -> shift, scale, gate (msa), shift, scale, gate (mlp) ([B, T, D] each, T = 1, or
+    the sequence length with a token-replace embedding); x -> norm(x) * (1 + scale) + shift."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.linear = Linear(dim, 6 * dim)
         self.norm = LayerNorm(dim, eps=1e-6, elementwise_affine=False)
 
-    def construct(self, x, emb):
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ops.chunk(self.linear(silu(emb)), 6, 1)
-        x = self.norm(x) * (1 + scale_msa[:, None]) + shift_msa[:, None]
+    def construct(self, x, emb, tr_emb=None, first: int = 0):
+        mod = modulation(self.linear, emb, tr_emb, first, x.shape[1])
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ops.chunk(mod, 6, 2)
+        x = self.norm(x) * (1 + scale_msa) + shift_msa
         return x, gate_msa, shift_mlp, scale_mlp, gate_mlp
 
 
@@ -277,9 +303,9 @@ class AdaLayerNormZeroSingle(nn.Cell):
         self.linear = Linear(dim, 3 * dim)
         self.norm = LayerNorm(dim, eps=1e-6, elementwise_affine=False)
 
-    def construct(self, x, emb):
-        shift, scale, gate = ops.chunk(self.linear(silu(emb)), 3, 1)
-        return self.norm(x) * (1 + scale[:, None]) + shift[:, None], gate
+    def construct(self, x, emb, tr_emb=None, first: int = 0):
+        shift, scale, gate = ops.chunk(modulation(self.linear, emb, tr_emb, first, x.shape[1]), 3, 2)
+        return self.norm(x) * (1 + scale) + shift, gate
 
 
 class HunyuanVideoAttention(nn.Cell):
@@ -371,17 +397,18 @@ class HunyuanVideoTransformerBlock(nn.Cell):
         self.norm2_context = LayerNorm(dim, eps=1e-6, elementwise_affine=False)
         self.ff_context = FeedForward(dim, mult=mlp_ratio, activation_fn="gelu-approximate")
 
-    def construct(self, x, ctx, temb, rope_cos, rope_sin, key_bias):
-        # x: [B, N, D]; ctx: [B, L, D]; temb: [B, D]
-        norm_x, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(x, temb)
+    def construct(self, x, ctx, temb, rope_cos, rope_sin, key_bias, tr_temb=None, first: int = 0):
+        # x: [B, N, D]; ctx: [B, L, D]; temb: [B, D]; tr_temb: [B, D] token-replace embedding of the
+        # first ``first`` video tokens (or None); modulations are [B, 1 or N, D]
+        norm_x, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(x, temb, tr_temb, first)
         norm_c, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = self.norm1_context(ctx, temb)
         attn_x, attn_c = self.attn(norm_x, norm_c, rope_cos, rope_sin, key_bias)
-        x = x + attn_x * gate_msa[:, None]
-        ctx = ctx + attn_c * c_gate_msa[:, None]
-        norm_x = self.norm2(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
-        norm_c = self.norm2_context(ctx) * (1 + c_scale_mlp[:, None]) + c_shift_mlp[:, None]
-        x = x + gate_mlp[:, None] * self.ff(norm_x)
-        ctx = ctx + c_gate_mlp[:, None] * self.ff_context(norm_c)
+        x = x + attn_x * gate_msa
+        ctx = ctx + attn_c * c_gate_msa
+        norm_x = self.norm2(x) * (1 + scale_mlp) + shift_mlp
+        norm_c = self.norm2_context(ctx) * (1 + c_scale_mlp) + c_shift_mlp
+        x = x + gate_mlp * self.ff(norm_x)
+        ctx = ctx + c_gate_mlp * self.ff_context(norm_c)
         return x, ctx
 
 
@@ -398,14 +425,14 @@ class HunyuanVideoSingleTransformerBlock(nn.Cell):
         self.proj_mlp = Linear(dim, mlp_dim)
         self.proj_out = Linear(dim + mlp_dim, dim)
 
-    def construct(self, x, ctx, temb, rope_cos, rope_sin, key_bias):
+    def construct(self, x, ctx, temb, rope_cos, rope_sin, key_bias, tr_temb=None, first: int = 0):
         n = x.shape[1]
         h = ops.cat((x, ctx), 1)  # [B, N + L, D]
-        norm_h, gate = self.norm(h, temb)
+        norm_h, gate = self.norm(h, temb, tr_temb, first)
         mlp = gelu(self.proj_mlp(norm_h), "tanh")
         attn_x, attn_c = self.attn(norm_h[:, :n], norm_h[:, n:], rope_cos, rope_sin, key_bias)
         out = self.proj_out(ops.cat((ops.cat((attn_x, attn_c), 1), mlp), 2))
-        h = h + gate[:, None] * out
+        h = h + gate * out
         return h[:, :n], h[:, n:]
 
 
@@ -436,6 +463,7 @@ class HunyuanVideoTransformer3DModel(nn.Cell):
         self.single_transformer_blocks = nn.CellList(
             [HunyuanVideoSingleTransformerBlock(heads, d, c.mlp_ratio, attention_heads_per_chunk)
              for _ in range(c.num_single_layers)])
+        self.token_replace = c.image_condition_type == "token_replace"
         self.norm_out = AdaLayerNormContinuous(inner, inner, eps=1e-6)
         self.proj_out = Linear(inner, c.patch_size_t * c.patch_size * c.patch_size * c.output_channels)
 
@@ -452,8 +480,15 @@ class HunyuanVideoTransformer3DModel(nn.Cell):
         dtype = self.proj_out.weight.dtype
         mask = encoder_attention_mask.astype(FP32)  # [B, L]
         length = mask.shape[1]
-        # 1. conditioning [B, inner]
+        # 1. conditioning [B, inner]; token_replace: the first frame's tokens take the timestep-0
+        # embedding plus the pooled text (no guidance), as diffusers' HunyuanVideoConditionEmbedding
         temb = self.time_text_embed(timestep, pooled_projections.astype(dtype), guidance)
+        tr_temb = None
+        if self.token_replace:
+            embed = self.time_text_embed
+            tr_temb = (embed.timestep_embedder(embed.time_proj(ops.zeros_like(timestep)).astype(dtype))
+                       + embed.text_embedder(pooled_projections.astype(dtype)))
+        first = hp * wp  # tokens of the first latent frame
         # 2. video tokens [B, N, inner], text tokens [B, L, inner]
         x = self.x_embedder(hidden_states.astype(dtype))
         ctx = self.context_embedder(encoder_hidden_states.astype(dtype), timestep, mask)
@@ -466,9 +501,9 @@ class HunyuanVideoTransformer3DModel(nn.Cell):
         sin = rope_sin.astype(FP32)
         # 4. blocks
         for block in self.transformer_blocks:
-            x, ctx = block(x, ctx, temb, cos, sin, key_bias)
+            x, ctx = block(x, ctx, temb, cos, sin, key_bias, tr_temb, first)
         for block in self.single_transformer_blocks:
-            x, ctx = block(x, ctx, temb, cos, sin, key_bias)
+            x, ctx = block(x, ctx, temb, cos, sin, key_bias, tr_temb, first)
         # 5. output: [B, N, p_t*p*p*C] -> [B, F', H', W', C, p_t, p, p] -> [B, C, F', p_t, H', p, W', p]
         x = self.proj_out(self.norm_out(x, temb))
         oc = c.output_channels

@@ -31,11 +31,25 @@ def gelu(x, approximate: str = "none"):
     dtype = x.dtype
     h = x.astype(FP32)
     if approximate == "tanh":
-        return (0.5 * h * (1.0 + ops.tanh(0.7978845608028654 * (h + 0.044715 * h * h * h)))).astype(dtype)
+        # 0.5 * (1 + tanh(u)) == sigmoid(2u): MindSpore's CPU Tanh is off by up to 1e-4 (torch's by an
+        # ulp), Sigmoid by < 1e-6
+        return (h * ops.sigmoid(1.5957691216057308 * (h + 0.044715 * h * h * h))).astype(dtype)
     # the Erf kernel, 5 ops a call. A polynomial erf (Abramowitz-Stegun 7.1.26, ~20 elementwise ops)
     # was faster on an AMD EPYC, but in the SVD-XT small UNet's per-op profile on an Intel Xeon its
     # ops took about 190 ms a step against 115 ms for Erf (benchmarks/NOTES.md, change 7)
     return (h * (0.5 + 0.5 * ops.erf(h * 0.7071067811865476))).astype(dtype)
+
+
+def tanh(x):
+    """tanh in float32 as torch's to ~2e-6 relative. MindSpore 2.7.1's CPU Tanh kernel is off by up to 1e-4
+    relative for 1 <= |x| < 9 (within 3e-7 below 1); there 2 * sigmoid(2x) - 1 is within 2e-6."""
+    h = x.astype(FP32)
+    return ops.where(ops.abs(h) < 1.0, ops.tanh(h), 2.0 * ops.sigmoid(2.0 * h) - 1.0).astype(x.dtype)
+
+
+def gelu_tanh(x):
+    # a named function, not a lambda: GRAPH_MODE parses a lambda from its source line
+    return gelu(x, "tanh")
 
 
 def quick_gelu(x):
@@ -46,7 +60,10 @@ ACTIVATIONS = {
     "silu": silu,
     "swish": silu,
     "gelu": gelu,
-    "gelu_pytorch_tanh": lambda x: gelu(x, "tanh"),
+    "gelu_pytorch_tanh": gelu_tanh,
+    # transformers' names for the same tanh approximation (ACT2FN "gelu_new", "gelu_fast")
+    "gelu_new": gelu_tanh,
+    "gelu_fast": gelu_tanh,
     "quick_gelu": quick_gelu,
     "relu": ops.relu,
 }
@@ -548,7 +565,9 @@ def timestep_frequencies(dim: int, downscale_freq_shift: float = 1.0, max_period
     half = dim // 2
     exponent = (-math.log(max_period) * np.arange(half, dtype=np.float32)).astype(np.float32)
     exponent = (exponent / np.float32(half - downscale_freq_shift)).astype(np.float32)
-    return np.exp(exponent).astype(np.float32)
+    # the exp rounded once from float64: torch's float32 exp is within an ulp of it, numpy's float32 exp
+    # differs from torch's on about a fifth of the frequencies (up to 2 ulp, 1e-4 rad at t = 999)
+    return np.exp(exponent.astype(np.float64)).astype(np.float32)
 
 
 class Timesteps(nn.Cell):

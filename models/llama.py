@@ -22,7 +22,8 @@ is blocked (a left-padded prompt's leading pads) is not reproduced: HunyuanVideo
 the right, where every row sees at least token 0.
 
 The rotary tables (cos, sin for positions 0..max_positions-1) are computed at construction in
-numpy from ``rope_theta`` and ``rope_scaling`` ("default", "linear" and "llama3" rope types).
+numpy from ``rope_theta`` and ``rope_scaling`` ("default", "linear", "llama3" and, up to
+max_position_embeddings, "dynamic" rope types).
 """
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ from .t5 import Embedding
 # additive bias of a blocked (query, key) pair: transformers' finfo(float32).min
 MASKED = float(np.finfo(np.float32).min)
 
-ROPE_TYPES = ("default", "linear", "llama3")
+# "dynamic" (dynamic NTK) equals "default" up to max_position_embeddings, the longest sequence a built
+# network accepts for it (beyond, transformers rescales the frequencies for each sequence length)
+ROPE_TYPES = ("default", "linear", "llama3", "dynamic")
 
 
 # ============================================================================= config
@@ -117,10 +120,14 @@ def rope_inv_freq(config: LlamaConfig) -> np.ndarray:
     rope = config.rope
     dim = config.dim_head
     base = float(rope["rope_theta"])
+    kind = rope["rope_type"]
+    if kind == "dynamic":
+        # transformers' _compute_dynamic_ntk_parameters at seq_len = max_position_embeddings
+        factor, length = rope["factor"], config.max_position_embeddings
+        base = base * ((factor * length / length) - (factor - 1)) ** (dim / (dim - 2))
     exponent = (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)).astype(np.float32)
     # torch: 1.0 / (base ** exponent) with a python-float base and a float32 exponent -> float32
     inv_freq = (1.0 / np.power(np.float32(base), exponent, dtype=np.float32)).astype(np.float32)
-    kind = rope["rope_type"]
     if kind == "linear":
         inv_freq = (inv_freq / np.float32(rope["factor"])).astype(np.float32)
     elif kind == "llama3":
@@ -253,6 +260,10 @@ class LlamaModel(nn.Cell):
         self.num_run = hidden_state_index % (n + 1)
         self.apply_norm = self.num_run == n
         self.max_positions = max_positions or config.max_position_embeddings
+        if config.rope["rope_type"] == "dynamic" and self.max_positions > config.max_position_embeddings:
+            raise ValueError(f"max_positions {self.max_positions} exceeds max_position_embeddings "
+                             f"{config.max_position_embeddings}: past it the 'dynamic' rope frequencies depend on "
+                             "the sequence length, which this network does not reproduce")
         self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.CellList([LlamaDecoderLayer(config) for _ in range(n)])
         self.norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)

@@ -126,7 +126,9 @@ def ltx_rotary_cos_sin(config: LTXVideoTransformerConfig, num_frames: int, heigh
     grid = np.stack([gf.reshape(-1), gh.reshape(-1), gw.reshape(-1)], -1).astype(f32)  # [S, 3]
     n = dim // 6
     exps = _linspace_f32(math.log(1.0, ROPE_THETA), math.log(ROPE_THETA, ROPE_THETA), n)
-    freqs = np.power(f32(ROPE_THETA), exps).astype(f32)
+    # torch raises the scalar to the float32 exponents with a vectorised powf (1 ulp); the correctly
+    # rounded float64 power agrees with it on more frequencies than numpy's float32 power
+    freqs = np.power(float(ROPE_THETA), exps.astype(np.float64)).astype(f32)
     freqs = (freqs * f32(math.pi) / f32(2.0)).astype(f32)  # [n]
     angles = freqs[None, None, :] * (grid[:, :, None] * f32(2) - f32(1))  # [S, 3, n]
     angles = angles.transpose(0, 2, 1).reshape(grid.shape[0], 3 * n).astype(f32)  # [S, n*3]: (freq, axis)

@@ -36,7 +36,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from .layers import (
     FP32, Conv2d, FeedForward, LayerNorm, Linear, RMSNorm, TimestepEmbedding, Timesteps,
-    scaled_dot_product_attention, silu,
+    scaled_dot_product_attention, silu, tanh,
 )
 from .loading import register
 
@@ -297,14 +297,14 @@ class MochiTransformerBlock(nn.Cell):
         else:
             norm_e, enc_gate_msa, enc_scale_mlp, enc_gate_mlp = self.norm1_context(encoder_hidden_states, temb)
         attn_h, attn_e = self.attn1(norm_h, norm_e, rope_cos, rope_sin, key_bias, text_mask)
-        hidden_states = hidden_states + rms_modulate(attn_h, ops.tanh(gate_msa)[:, None], eps)
+        hidden_states = hidden_states + rms_modulate(attn_h, tanh(gate_msa)[:, None], eps)
         ff = self.ff(rms_modulate(hidden_states, 1.0 + scale_mlp[:, None].astype(FP32), eps))
-        hidden_states = hidden_states + rms_modulate(ff, ops.tanh(gate_mlp)[:, None], eps)
+        hidden_states = hidden_states + rms_modulate(ff, tanh(gate_mlp)[:, None], eps)
         if self.context_pre_only:
             return hidden_states, encoder_hidden_states
-        encoder_hidden_states = encoder_hidden_states + rms_modulate(attn_e, ops.tanh(enc_gate_msa)[:, None], eps)
+        encoder_hidden_states = encoder_hidden_states + rms_modulate(attn_e, tanh(enc_gate_msa)[:, None], eps)
         ff_e = self.ff_context(rms_modulate(encoder_hidden_states, 1.0 + enc_scale_mlp[:, None].astype(FP32), eps))
-        encoder_hidden_states = encoder_hidden_states + rms_modulate(ff_e, ops.tanh(enc_gate_mlp)[:, None], eps)
+        encoder_hidden_states = encoder_hidden_states + rms_modulate(ff_e, tanh(enc_gate_mlp)[:, None], eps)
         return hidden_states, encoder_hidden_states
 
 

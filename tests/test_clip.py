@@ -150,7 +150,7 @@ def test_missing_key_names_it(saved, tmp_path):
 
 
 # ----------------------------------------------------------------------------- text
-@pytest.mark.parametrize("hidden_act", ["quick_gelu", "gelu"])
+@pytest.mark.parametrize("hidden_act", ["quick_gelu", "gelu", "gelu_new"])
 def test_text_model(saved, hidden_act):
     model, folder = saved("CLIPTextModel", hidden_act=hidden_act)
     cell = loaded(folder)
@@ -295,7 +295,7 @@ def test_nested_clip_config_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("cls,bad,match", [
-    ("CLIPTextModel", {"hidden_act": "gelu_new"}, "unsupported hidden_act 'gelu_new'; supported"),
+    ("CLIPTextModel", {"hidden_act": "gelu_accurate"}, "unsupported hidden_act 'gelu_accurate'; supported"),
     ("CLIPTextModel", {"eos_token_id": [2, 3]}, "eos_token_id must be one int"),
     ("CLIPVisionModelWithProjection", {"image_size": [224, 224]}, "image_size must be a positive int"),
     ("CLIPVisionModelWithProjection", {"hidden_size": 30, "num_attention_heads": 4}, "not a multiple"),

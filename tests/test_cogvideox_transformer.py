@@ -26,6 +26,8 @@ VARIANTS = {
                (3, 8, 8)),
     "5b-i2v-other-frames": (dict(use_rotary_positional_embeddings=True, use_learned_positional_embeddings=True,
                                  in_channels=8), (2, 8, 8)),
+    # timestep_activation_fn is read by the time (and ofs) embedding MLPs
+    "2b-gelu-timestep": (dict(timestep_activation_fn="gelu", freq_shift=1, flip_sin_to_cos=False), (3, 6, 10)),
     "1.5": (dict(use_rotary_positional_embeddings=True, patch_size_t=2, ofs_embed_dim=8, patch_bias=False,
                  sample_width=12, sample_height=10), (4, 6, 8)),
 }
@@ -88,3 +90,18 @@ def test_transformer_config_errors():
 
     with pytest.raises(ValueError, match="training size"):
         CogVideoXTransformer3DModel(config, 3, 6, 10)
+
+
+@pytest.mark.parametrize("dim,shift", [(1920, 0), (3072, 0), (320, 1)])
+def test_timestep_frequencies_match_diffusers(dim, shift):
+    # CogVideoX embeds t up to 999 on inner_dim channels: numpy's float32 exp missed torch's by 1-2 ulp on
+    # about a fifth of the frequencies (1.2e-4 in the embedding); the float64-rounded exp is within 6e-5
+    from diffusers.models.embeddings import get_timestep_embedding
+
+    from video_aot.models.layers import timestep_frequencies
+
+    t = np.array([999.0, 500.0, 1.0], np.float32)
+    angles = t[:, None] * timestep_frequencies(dim, shift)[None]
+    ours = np.concatenate([np.cos(angles), np.sin(angles)], -1)
+    expected = get_timestep_embedding(torch.tensor(t), dim, flip_sin_to_cos=True, downscale_freq_shift=shift).numpy()
+    assert np.abs(ours - expected).max() < 7e-5

@@ -69,6 +69,8 @@ def test_llama_hidden_states_with_padding_mask(tmp_path):
     {"rope_type": "linear", "factor": 4.0},
     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
      "original_max_position_embeddings": 64},
+    # dynamic NTK: transformers' initial frequencies (sequences up to max_position_embeddings)
+    {"rope_type": "dynamic", "factor": 1.3},
 ])
 def test_llama_rotary_frequencies_match_transformers(scaling):
     from transformers import LlamaConfig as HFLlamaConfig
@@ -158,6 +160,38 @@ def test_transformer_matches_diffusers_with_text_masks(tmp_path):
     print("transformer rel L2 per sample (all heads, then one head per chunk)", errs)
     # ~1e-5: the guidance (6000) sinusoid amplifies 1-ulp frequency differences (sinusoid_frequencies)
     assert max(errs) <= 1e-4, errs
+
+
+@pytest.mark.parametrize("overrides", [
+    # HunyuanVideo-I2V (16 channels): the first latent frame's tokens are modulated by the t=0 embedding
+    dict(image_condition_type="token_replace", guidance_embeds=False),
+    # HunyuanVideo-I2V-33ch: image latents and mask concatenated to the input, the T2V network
+    dict(image_condition_type="latent_concat", in_channels=9),
+])
+def test_i2v_transformer_matches_diffusers(tmp_path, overrides):
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    from video_aot.models.hunyuan_video import guidance_input, rope_cos_sin
+
+    torch.manual_seed(0)
+    ref = perturb(HunyuanVideoTransformer3DModel(**{**TINY_TRANSFORMER, **overrides}), 0, scale=0.1).eval()
+    ref.save_pretrained(tmp_path)
+    cell, config = load_network(tmp_path)
+    rng = np.random.default_rng(2)
+    b, length, f, h, w = 2, 6, 3, 4, 6
+    x = rng.standard_normal((b, config.in_channels, f, h, w)).astype(np.float32)
+    ctx = rng.standard_normal((b, length, 16)).astype(np.float32)
+    mask = prefix_mask([4, 6], length)
+    pooled = rng.standard_normal((b, 8)).astype(np.float32)
+    t = np.array([999.0, 300.0], np.float32)
+    guidance = guidance_input(6.0, b)
+    cos, sin = rope_cos_sin(config, f, h, w)
+    ours = cell(*[ms.Tensor(a) for a in (x, t, ctx, mask, pooled, guidance, cos, sin)]).asnumpy()
+    with torch.no_grad():
+        expected = ref(torch.tensor(x), torch.tensor(t), torch.tensor(ctx), torch.tensor(mask), torch.tensor(pooled),
+                       torch.tensor(guidance), return_dict=False)[0].numpy()
+    err = rel_l2(ours, expected)
+    assert err <= 1e-4, err
 
 
 # ----------------------------------------------------------------------------- VAE

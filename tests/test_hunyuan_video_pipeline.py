@@ -199,6 +199,21 @@ def test_untiled_export_has_one_decoder_graph_and_refuses_bad_sizes(reference, t
                      dry_run=True)
 
 
+def test_an_image_to_video_transformer_is_refused(reference, tmp_path):
+    """HunyuanVideo-I2V's transformer loads as a network (image_condition_type), but the text-to-video
+    pipeline feeds it no image: the export says so instead of serving it."""
+    import json
+    import shutil
+
+    snapshot = tmp_path / "i2v-snapshot"
+    shutil.copytree(reference[1], snapshot)
+    config = snapshot / "transformer" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "image_condition_type": "token_replace"}))
+    with pytest.raises(ValueError, match="image-to-video"):
+        export_model(str(snapshot), str(tmp_path / "e"), frames=1, height=16, width=272,
+                     max_sequence_length=MAX_LENGTH, log=lambda *a: None, dry_run=True)
+
+
 def test_callback_replaces_latents_and_prompt_embeds_like_diffusers(reference, ours):
     seen = []
 

@@ -86,6 +86,21 @@ def test_rotary_matches_diffusers(transformer):
         assert np.array_equal(ref_cos[0], ref_cos[1])  # batch-independent
 
 
+def test_rotary_frequencies_other_widths():
+    # inner_dim 36 (6 frequencies): numpy's float32 power of the theta missed torch's by an ulp on the
+    # highest frequency, 3e-5 in cos/sin; the correctly rounded float64 power agrees
+    from diffusers.models.transformers.transformer_ltx import LTXVideoRotaryPosEmbed
+
+    for heads, head_dim in ((3, 12), (5, 8)):
+        config = LTXVideoTransformerConfig(num_attention_heads=heads, attention_head_dim=head_dim,
+                                           cross_attention_dim=heads * head_dim)
+        f, h, w = 7, 16, 22
+        cos, sin = ltx_rotary_cos_sin(config, f, h, w, frame_rate=FRAME_RATE)
+        ref_cos, ref_sin = LTXVideoRotaryPosEmbed(config.inner_dim)(
+            torch.zeros(1, f * h * w, 1), f, h, w, ltx_rope_interpolation_scale(FRAME_RATE))
+        assert np.abs(cos - ref_cos[0].numpy()).max() < 1e-6 and np.abs(sin - ref_sin[0].numpy()).max() < 1e-6
+
+
 @pytest.mark.parametrize("per_token", [False, True])
 def test_transformer_matches_diffusers(transformer, per_token):
     ref, cell, config = transformer
@@ -313,3 +328,43 @@ def test_vae_config_checks():
         AutoencoderKLLTXVideoConfig(**{**VAE_095, "downsample_type": ("spatial", "bogus", "spatial", "spatial")})
     # the real configs' ratios, as diffusers computes them
     assert (AutoencoderKLLTXVideoConfig().spatial_ratio, AutoencoderKLLTXVideoConfig().temporal_ratio) == (32, 8)
+    # layouts diffusers builds but cannot run are refused by name: temporal patches (conv_in/conv_out are
+    # sized by patch_size alone) and an LTXVideo095DownBlock3D that changes channels without a
+    # space-to-depth downsampler (its "conv" downsampler and no downsampler keep the channels)
+    from diffusers import AutoencoderKLLTXVideo
+
+    with pytest.raises(ValueError, match="patch_size_t 2"):
+        AutoencoderKLLTXVideoConfig(**{**VAE_090, "patch_size_t": 2})
+    # a decoder conv_in resnet (channels change) that injects noise: its noise scales have the input's width
+    noisy_conv_in = {**VAE_091, "upsample_factor": (1, 1, 1), "timestep_conditioning": False}
+    with pytest.raises(ValueError, match=r"up block 1 changes channels \(64 -> 32\) .* injects noise"):
+        AutoencoderKLLTXVideoConfig(**noisy_conv_in)
+    with pytest.raises(RuntimeError), torch.no_grad():
+        AutoencoderKLLTXVideo(**noisy_conv_in).decode(torch.zeros(1, 8, 2, 3, 4))
+    for change in ({"downsample_type": ("conv", "spatial", "spatiotemporal")},
+                   {"spatio_temporal_scaling": (True, False, True)}):
+        with pytest.raises(ValueError, match=r"down block \d .* would change channels"):
+            AutoencoderKLLTXVideoConfig(**{**VAE_095, **change})
+        with pytest.raises(RuntimeError), torch.no_grad():
+            AutoencoderKLLTXVideo(**{**VAE_095, **change}).encode(torch.zeros(1, 3, 9, 32, 48))
+
+
+def test_vae_095_conv_and_missing_downsamplers_keep_channels(tmp_path):
+    """LTXVideo095DownBlock3D with the "conv" downsampler and with none (spatio_temporal_scaling False),
+    where the channels stay the same: encode and decode against diffusers."""
+    config = {**VAE_095, "block_out_channels": (8, 8, 8, 16), "spatio_temporal_scaling": (True, False, True),
+              "downsample_type": ("conv", "spatial", "spatiotemporal"), "spatial_compression_ratio": None,
+              "temporal_compression_ratio": None}
+    vae = _tiny_vae(config, 6)
+    cell, config = _save_and_load(vae, tmp_path)
+    assert (config.spatial_ratio, config.temporal_ratio) == (8, 4)
+    rng = np.random.default_rng(6)
+    err = _check_moments(vae, cell, rng.uniform(-1, 1, (1, 3, 9, 16, 24)).astype(np.float32))
+    print("vae 0.9.5 conv / no downsampler encode", err)
+    assert err <= 1e-4, err
+    z = rng.standard_normal((1, 8, 3, 2, 3)).astype(np.float32)
+    timestep = np.array([0.05], np.float32)
+    ours = cell.decoder(ms.Tensor(z), ms.Tensor(timestep)).asnumpy()
+    with torch.no_grad():
+        expected = vae.decode(torch.tensor(z), torch.tensor(timestep)).sample.numpy()
+    assert rel_l2(ours, expected) <= 1e-4

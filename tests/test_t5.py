@@ -45,6 +45,22 @@ def test_t5_encoder_matches_transformers(tmp_path, proj):
     assert err <= 1e-4, err
 
 
+def test_tanh_and_tanh_gelu_match_torch():
+    # T5 v1.1's gated-gelu is transformers' gelu_new (tanh approximation). MindSpore 2.7.1's CPU Tanh is
+    # off by up to 1e-4 for 1 <= |x| < 9 (2e-5 relative over the whole encoder input range); layers.tanh
+    # and layers.gelu(x, "tanh") avoid it
+    import mindspore as ms
+    from transformers.activations import NewGELUActivation
+
+    from video_aot.models.layers import gelu, tanh
+
+    x = (np.random.default_rng(0).standard_normal(20000) * 4).astype(np.float32)
+    ours_tanh = tanh(ms.Tensor(x)).asnumpy()
+    ours_gelu = gelu(ms.Tensor(x), "tanh").asnumpy()
+    assert np.abs(ours_tanh - torch.tanh(torch.tensor(x)).numpy()).max() < 2e-6
+    assert np.abs(ours_gelu - NewGELUActivation()(torch.tensor(x)).numpy()).max() < 4e-6
+
+
 def test_t5_config_errors():
     with pytest.raises(ValueError, match="feed_forward_proj"):
         T5Config(feed_forward_proj="gated-gelu-x")
