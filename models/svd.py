@@ -399,7 +399,10 @@ class TemporalDecoder(nn.Cell):
         self.time_conv_out = Conv3d(out_channels, out_channels, (3, 1, 1), padding=(1, 0, 0))
 
     def construct(self, z):
-        # z: [B*F, latent, h, w] -> [B*F, 3, H, W]
+        # z: [B*F, latent, h, w] -> [B*F, 3, H, W]; F is num_frames, as diffusers' decode(z, num_frames)
+        if z.shape[0] % self.num_frames:
+            raise ValueError(f"the decoder was built for chunks of num_frames={self.num_frames} frames; "
+                             f"{z.shape[0]} latent frames are not whole chunks")
         x = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             x = block(x)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import mindspore as ms
 from pipeline_suite import PipelineSuite, SuiteCase
 from tiny import rel_l2, svd_snapshot
 
@@ -91,6 +92,18 @@ def test_vae_graphs_match_diffusers(snapshot, pipelines):
         with torch.no_grad():
             expected = ref.vae.decode(torch.tensor(z) / ref.vae.config.scaling_factor, num_frames=k).sample.numpy()
         assert rel_l2(pipe.graphs[graph](z)[0], expected) <= 1e-4
+
+
+def test_vae_decoder_refuses_latents_that_are_not_whole_chunks(snapshot):
+    """The temporal decoder groups its rows by the num_frames it was built with (diffusers'
+    decode(z, num_frames)); a row count that is not a multiple is refused by name, not a reshape error."""
+    from video_aot.models.loading import load_network
+
+    folder, _ = snapshot
+    cell, _ = load_network(folder / "vae", num_frames=2)
+    z = np.zeros((3, 4, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="num_frames=2"):
+        cell(ms.Tensor(z))
 
 
 def test_image_encoder_graph_matches_transformers(snapshot, pipelines):
