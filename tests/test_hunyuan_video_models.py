@@ -120,28 +120,39 @@ def test_guidance_input_rounds_as_the_pipeline():
             assert np.array_equal(guidance_input(scale, 2, dtype), expected), (dtype, scale)
 
 
+def _transformer_inputs(config, seed, valid_lengths, timesteps, length, f=3, h=4, w=6):
+    """Random transformer inputs (x, t, ctx, mask, pooled, guidance, cos, sin) for a batch of
+    len(valid_lengths) samples whose text masks keep that many tokens each."""
+    from video_aot.models.hunyuan_video import guidance_input, rope_cos_sin
+
+    rng = np.random.default_rng(seed)
+    b = len(valid_lengths)
+    x = rng.standard_normal((b, config.in_channels, f, h, w)).astype(np.float32)
+    ctx = rng.standard_normal((b, length, 16)).astype(np.float32)
+    pooled = rng.standard_normal((b, 8)).astype(np.float32)
+    cos, sin = rope_cos_sin(config, f, h, w)
+    return (x, np.array(timesteps, np.float32), ctx, prefix_mask(valid_lengths, length), pooled,
+            guidance_input(6.0, b), cos, sin)
+
+
+def _reference_output(ref, inputs):
+    with torch.no_grad():
+        return ref(*[torch.tensor(a) for a in inputs[:6]], return_dict=False)[0].numpy()
+
+
 def test_transformer_matches_diffusers_with_text_masks(tmp_path):
     from diffusers import HunyuanVideoTransformer3DModel
-
-    from video_aot.models.hunyuan_video import guidance_input, rope_cos_sin
 
     torch.manual_seed(0)
     ref = perturb(HunyuanVideoTransformer3DModel(**TINY_TRANSFORMER), 0, scale=0.1).eval()
     ref.save_pretrained(tmp_path)
     cell, config = load_network(tmp_path)
-    rng = np.random.default_rng(1)
     b, length, f, h, w = 3, 8, 3, 4, 6
-    x = rng.standard_normal((b, 4, f, h, w)).astype(np.float32)
-    ctx = rng.standard_normal((b, length, 16)).astype(np.float32)
-    mask = prefix_mask([3, 8, 1], length)
-    pooled = rng.standard_normal((b, 8)).astype(np.float32)
-    t = np.array([999.0, 500.0, 17.0], np.float32)
-    guidance = guidance_input(6.0, b)
-    cos, sin = rope_cos_sin(config, f, h, w)
-    ours = cell(*[ms.Tensor(a) for a in (x, t, ctx, mask, pooled, guidance, cos, sin)]).asnumpy()
+    inputs = _transformer_inputs(config, 1, [3, 8, 1], [999.0, 500.0, 17.0], length, f, h, w)
+    x, t, ctx, mask, pooled, guidance, cos, sin = inputs
+    ours = cell(*[ms.Tensor(a) for a in inputs]).asnumpy()
+    expected = _reference_output(ref, inputs)
     with torch.no_grad():
-        expected = ref(torch.tensor(x), torch.tensor(t), torch.tensor(ctx), torch.tensor(mask), torch.tensor(pooled),
-                       torch.tensor(guidance), return_dict=False)[0].numpy()
         # the mask must matter: changing padded tokens leaves the output alone, unmasking changes it
         junk = ctx.copy()
         junk[0, 3:] = 5.0
@@ -155,7 +166,7 @@ def test_transformer_matches_diffusers_with_text_masks(tmp_path):
     errs = [rel_l2(ours[i], expected[i]) for i in range(b)]
     # the attention over one head at a time (the memory-saving build) gives the same output
     chunked, _ = load_network(tmp_path, attention_heads_per_chunk=1)
-    ours_chunked = chunked(*[ms.Tensor(a) for a in (x, t, ctx, mask, pooled, guidance, cos, sin)]).asnumpy()
+    ours_chunked = chunked(*[ms.Tensor(a) for a in inputs]).asnumpy()
     errs += [rel_l2(ours_chunked[i], expected[i]) for i in range(b)]
     print("transformer rel L2 per sample (all heads, then one head per chunk)", errs)
     # ~1e-5: the guidance (6000) sinusoid amplifies 1-ulp frequency differences (sinusoid_frequencies)
@@ -171,26 +182,13 @@ def test_transformer_matches_diffusers_with_text_masks(tmp_path):
 def test_i2v_transformer_matches_diffusers(tmp_path, overrides):
     from diffusers import HunyuanVideoTransformer3DModel
 
-    from video_aot.models.hunyuan_video import guidance_input, rope_cos_sin
-
     torch.manual_seed(0)
     ref = perturb(HunyuanVideoTransformer3DModel(**{**TINY_TRANSFORMER, **overrides}), 0, scale=0.1).eval()
     ref.save_pretrained(tmp_path)
     cell, config = load_network(tmp_path)
-    rng = np.random.default_rng(2)
-    b, length, f, h, w = 2, 6, 3, 4, 6
-    x = rng.standard_normal((b, config.in_channels, f, h, w)).astype(np.float32)
-    ctx = rng.standard_normal((b, length, 16)).astype(np.float32)
-    mask = prefix_mask([4, 6], length)
-    pooled = rng.standard_normal((b, 8)).astype(np.float32)
-    t = np.array([999.0, 300.0], np.float32)
-    guidance = guidance_input(6.0, b)
-    cos, sin = rope_cos_sin(config, f, h, w)
-    ours = cell(*[ms.Tensor(a) for a in (x, t, ctx, mask, pooled, guidance, cos, sin)]).asnumpy()
-    with torch.no_grad():
-        expected = ref(torch.tensor(x), torch.tensor(t), torch.tensor(ctx), torch.tensor(mask), torch.tensor(pooled),
-                       torch.tensor(guidance), return_dict=False)[0].numpy()
-    err = rel_l2(ours, expected)
+    inputs = _transformer_inputs(config, 2, [4, 6], [999.0, 300.0], length=6)
+    ours = cell(*[ms.Tensor(a) for a in inputs]).asnumpy()
+    err = rel_l2(ours, _reference_output(ref, inputs))
     assert err <= 1e-4, err
 
 
