@@ -44,17 +44,6 @@ def _per_layer(value, n: int, name: str) -> tuple:
     return _per_block(value, n, name, "layers")
 
 
-def _per_block_per_layer(value, n: int, name: str) -> tuple:
-    """A per-block value whose entries may themselves be per-layer tuples (diffusers' motion-module
-    depths): an int for every block, or a tuple of ``n`` entries, each an int or a tuple of ints
-    (checked against the block's layer count by :func:`_per_layer`)."""
-    if not isinstance(value, (tuple, list)):
-        return (value,) * n
-    if len(value) != n:
-        raise ValueError(f"{name} {tuple(value)} has {len(value)} entries for {n} blocks")
-    return tuple(value)
-
-
 @dataclass(frozen=True)
 class UNetMotionConfig:
     """diffusers ``UNetMotionModel.__init__`` (same names and defaults)."""
@@ -149,8 +138,9 @@ class UNetMotionConfig:
             value = self.temporal_transformer_layers_per_mid_block
             return _per_layer(1 if value is None else value, self.mid_block_layers,
                               "temporal_transformer_layers_per_mid_block")
-        down = _per_block_per_layer(self.temporal_transformer_layers_per_block, n,
-                                    "temporal_transformer_layers_per_block")
+        # per block, each an int or a tuple per layer (diffusers' motion-module depths)
+        down = _per_block(self.temporal_transformer_layers_per_block, n, "temporal_transformer_layers_per_block",
+                          nested=True)
         if kind == "down":
             return tuple(_per_layer(down[i], layers[i], "temporal_transformer_layers_per_block") for i in range(n))
         if self.reverse_temporal_transformer_layers_per_block is None:
@@ -161,8 +151,8 @@ class UNetMotionConfig:
                                  "values)")
             per = tuple(reversed(down))
         else:
-            per = _per_block_per_layer(self.reverse_temporal_transformer_layers_per_block, n,
-                                       "reverse_temporal_transformer_layers_per_block")
+            per = _per_block(self.reverse_temporal_transformer_layers_per_block, n,
+                             "reverse_temporal_transformer_layers_per_block", nested=True)
         return tuple(_per_layer(per[i], layers[n - 1 - i] + 1, "reverse_temporal_transformer_layers_per_block")
                      for i in range(n))
 

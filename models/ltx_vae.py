@@ -106,16 +106,17 @@ class AutoencoderKLLTXVideoConfig:
         if len(self.decoder_layers_per_block) < n_dec + 1 or len(self.decoder_inject_noise) < n_dec + 1:
             raise ValueError(f"decoder_layers_per_block and decoder_inject_noise need {n_dec + 1} entries (mid block "
                              "+ one per up block)")
-        if self.timestep_conditioning:
-            for i, (cin, cout) in enumerate(_decoder_block_channels(self)):
-                if cin != cout:
-                    raise ValueError(
-                        f"decoder up block {i} changes channels ({cin} -> {cout}) with a resnet conv_in while "
-                        "timestep_conditioning is on: diffusers feeds that resnet the raw timestep and fails; no "
-                        "LTX checkpoint has this layout")
-        inject = tuple(reversed(self.decoder_inject_noise))
+        inject = tuple(reversed(self.decoder_inject_noise))  # [mid block, up block 0, ...]
         for i, (cin, cout) in enumerate(_decoder_block_channels(self)):
-            if cin != cout and inject[i + 1]:
+            if cin == cout:
+                continue
+            # the up block's first resnet has a conv_in; diffusers fails on it when it is conditioned or noisy
+            if self.timestep_conditioning:
+                raise ValueError(
+                    f"decoder up block {i} changes channels ({cin} -> {cout}) with a resnet conv_in while "
+                    "timestep_conditioning is on: diffusers feeds that resnet the raw timestep and fails; no "
+                    "LTX checkpoint has this layout")
+            if inject[i + 1]:
                 raise ValueError(
                     f"decoder up block {i} changes channels ({cin} -> {cout}) with a resnet conv_in that injects "
                     "noise (decoder_inject_noise): diffusers sizes its per-channel noise scales by the input "

@@ -31,15 +31,15 @@ from .loading import register
 
 
 # ============================================================================= config
-def _per_block(value, n: int, name: str, unit: str = "blocks") -> tuple:
+def _per_block(value, n: int, name: str, unit: str = "blocks", nested: bool = False) -> tuple:
     """An int (or bool) for each of ``n`` blocks (or layers: ``unit``), or a tuple of one each;
-    nested tuples are refused. Shared by the UNet configs (SD, UNet3D, AnimateDiff, SVD)."""
+    nested tuples (per-layer values within a block) are refused unless ``nested``. Shared by the UNet
+    configs (SD, UNet3D, AnimateDiff, SVD)."""
     if isinstance(value, (tuple, list)):
         if len(value) != n:
             raise ValueError(f"{name} {tuple(value)} has {len(value)} entries for {n} {unit}")
-        for v in value:
-            if isinstance(v, (tuple, list)):
-                raise ValueError(f"{name} {tuple(value)}: nested per-layer values are not supported")
+        if not nested and any(isinstance(v, (tuple, list)) for v in value):
+            raise ValueError(f"{name} {tuple(value)}: nested per-layer values are not supported")
         return tuple(value)
     return (value,) * n
 

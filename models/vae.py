@@ -65,7 +65,7 @@ class Encoder(nn.Cell):
                  mid_block_add_attention: bool = True):
         super().__init__()
         if act_fn not in ("silu", "swish"):
-            raise ValueError(f"VAE encoder act_fn {act_fn!r} is not supported (only 'silu')")
+            raise ValueError(f"VAE encoder act_fn {act_fn!r} is not supported (only 'silu', 'swish')")
         for kind in down_block_types:
             if kind != "DownEncoderBlock2D":
                 raise ValueError(f"VAE down block {kind!r} is not supported (only 'DownEncoderBlock2D')")
