@@ -193,4 +193,19 @@ TINY_MODELS = {
         "note": "SD 1.5 + motion adapter v1-5-2 widths and heads with random weights; the UNet's fourth level "
                 "(attention-free, 1280 wide) is dropped and the text tower keeps 4 of its 12 layers, for memory.",
     },
+    # The benchmarks' `full` tier: SD 1.5's UNet whole (four levels, 2 layers per block) with the v1-5-2
+    # motion modules, the real SD VAE and the whole CLIP ViT-L text tower, random weights (1.5 B parameters)
+    "full-animatediff": {
+        "base": "animatediff-v1-5-2",
+        "configs": {
+            "unet/config.json": {**_MOTION_UNET,
+                                 "down_block_types": ["CrossAttnDownBlockMotion"] * 3 + ["DownBlockMotion"],
+                                 "up_block_types": ["UpBlockMotion"] + ["CrossAttnUpBlockMotion"] * 3,
+                                 "num_attention_heads": 8},
+            "scheduler/scheduler_config.json": _SEED_DDIM,
+            "model_index.json": _MOTION_INDEX,
+        },
+        "components": ("unet", "vae", "text_encoder"),
+        "tokenizer": "generated",
+    },
 }

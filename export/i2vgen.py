@@ -183,4 +183,13 @@ TINY_MODELS = {
                 "1280 wide) is dropped, the text tower keeps 4 of its 24 layers and the image tower 4 of its 32, "
                 "for memory.",
     },
+    # The benchmarks' `full` tier: I2VGen-XL's real architecture (four UNet levels, the whole text and image
+    # towers), random weights (2.5 B parameters)
+    "full-i2vgen-xl": {
+        "base": "i2vgen-xl",
+        "configs": {"text_encoder/config.json": {"torch_dtype": "float32"},
+                    "image_encoder/config.json": {"torch_dtype": "float32"}},
+        "components": ("unet", "vae", "text_encoder", "image_encoder"),
+        "tokenizer": "generated",
+    },
 }

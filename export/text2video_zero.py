@@ -157,4 +157,11 @@ TINY_MODELS = {
         "note": "Stable Diffusion 1.5's UNet and VAE at full size with random weights; the CLIP text tower keeps "
                 "4 of its 12 layers.",
     },
+    # The benchmarks' `full` tier: Stable Diffusion 1.5 whole (UNet, VAE, CLIP ViT-L text tower), random weights
+    "full-text2video-zero": {
+        "base": "text2video-zero",
+        "configs": {"text_encoder/config.json": {"torch_dtype": "float32"}},
+        "components": ("unet", "vae", "text_encoder"),
+        "tokenizer": "generated",
+    },
 }
