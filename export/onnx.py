@@ -48,7 +48,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import ops
 
-from video_aot.runtime.backends import OnnxRuntimeGraph
+from video_aot.runtime.backends import OnnxRuntimeGraph, load_graph_cell
 
 from .graphs import GraphSpec, rel_l2
 
@@ -233,7 +233,6 @@ def trace_onnx(folder: Path, spec: GraphSpec, cell, mindir: Path) -> dict:
 
 
 def _write_checked(spec: GraphSpec, cell, mindir: Path, target: Path, data: Path) -> dict:
-    from mindspore import nn
     from mindspore.common.api import _cell_graph_executor as executor
 
     inputs = spec.dummy_inputs()
@@ -271,7 +270,7 @@ def _write_checked(spec: GraphSpec, cell, mindir: Path, target: Path, data: Path
                 from None
         # the MindIR check runs while the cell's weights are still out: a full-size UNet is then in memory
         # once (the MindIR graph's) and not twice
-        expected = nn.GraphCell(ms.load(str(mindir)))(*[ms.Tensor(a) for a in inputs])
+        expected = load_graph_cell(mindir)[0](*[ms.Tensor(a) for a in inputs])
     finally:
         _weights_back(cell, data, moved)
         cell.set_train(training)

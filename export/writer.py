@@ -66,9 +66,8 @@ def trace_graph(folder: Path, spec: GraphSpec, cell, validate: bool = False, exp
     broadcasting op's output for the life of the compiled graph, which was most of a loaded graph's memory
     (benchmarks/NOTES.md, "Where the memory goes")."""
     import mindspore as ms
-    from mindspore import nn
 
-    from video_aot.runtime.backends import expand_mindir
+    from video_aot.runtime.backends import expand_mindir, load_graph_cell
 
     inputs = [ms.Tensor(a) for a in spec.dummy_inputs()]
     start = time.perf_counter()
@@ -82,7 +81,7 @@ def trace_graph(folder: Path, spec: GraphSpec, cell, validate: bool = False, exp
         entry["expand_seconds"] = round(time.perf_counter() - start, 3)
     if validate:
         eager = cell(*inputs)
-        graph = nn.GraphCell(ms.load(str(folder / load_file)))(*inputs)
+        graph = load_graph_cell(folder / load_file)[0](*inputs)
         eager = eager if isinstance(eager, (tuple, list)) else (eager,)
         graph = graph if isinstance(graph, (tuple, list)) else (graph,)
         errors = [rel_l2(g.asnumpy(), e.asnumpy()) for g, e in zip(graph, eager)]

@@ -77,7 +77,7 @@ def expand_broadcasts(graph, prim: str) -> int:
 def expand_mindir(path: Path, target: Path) -> int:
     """Read the MindIR at ``path``, ``expand_broadcasts`` in every graph of it and write it to ``target``
     (which may be ``path``). Export does this once to each graph it writes (export/writer.py); loading an
-    export written without it can do it on the fly (``load_expanded``). Returns the number of inputs expanded."""
+    export written without it can do it on the fly (``load_graph_cell``). Returns the number of inputs expanded."""
     from mindspore.train import mind_ir_pb2
 
     model = mind_ir_pb2.ModelProto()
@@ -97,37 +97,106 @@ def expand_mindir(path: Path, target: Path) -> int:
     return count
 
 
-def load_expanded(path: Path, workdir=None):
-    """``ms.load`` of the MindIR at ``path`` after ``expand_mindir``. The rewritten file goes to a temporary
-    folder (a split export's variables folder is linked next to it) that is removed once loaded. Returns
-    (FuncGraph, number of inputs expanded)."""
+# MindIR TensorProto data types -> numpy, for the weights read from a split export's variables file
+# (bfloat16, which numpy lacks, is read as its 16 bits and widened exactly to float32)
+_MINDIR_DTYPES = {1: np.float32, 10: np.float16, 11: np.float64, 17: np.float64, 2: np.uint8, 3: np.int8,
+                  4: np.uint16, 5: np.int16, 6: np.int32, 7: np.int64, 12: np.uint32, 13: np.uint64, 9: np.bool_,
+                  16: np.uint16}
+_BFLOAT16 = 16
+
+
+def _variables_folder(path: Path):
+    """A split export's weights folder (``NAME_graph.mindir`` -> ``NAME_variables/``), or None."""
+    if not path.name.endswith("_graph.mindir"):
+        return None
+    folder = path.parent / (path.name[:-len("_graph.mindir")] + "_variables")
+    return folder if folder.is_dir() else None
+
+
+def _take_external_weights(model) -> list:
+    """Clear the external data of every parameter of ``model``'s graphs that has some, and return what
+    it pointed at: [(parameter name, dims, data type, file, offset, length)]. ``ms.load`` of the result
+    builds the graph without allocating those weights."""
+    taken = []
+    for graph in [model.graph, *model.functions]:
+        for param in graph.parameter:
+            if not param.HasField("external_data"):
+                continue
+            ext = param.external_data
+            if param.data_type not in _MINDIR_DTYPES:
+                raise ValueError(f"{param.name}: weights of MindIR data type {param.data_type} are not supported")
+            taken.append((param.name.split(":", 1)[-1], tuple(param.dims), param.data_type, ext.location,
+                          ext.offset, ext.length))
+            param.ClearField("external_data")
+    return taken
+
+
+def _read_weight(folder: Path, dims, data_type: int, location: str, offset: int, length: int):
+    """One weight of a split export as a MindSpore tensor, read straight from its variables file."""
     import mindspore as ms
 
-    with tempfile.TemporaryDirectory(prefix="expanded-", dir=workdir) as tmp:
+    dtype = np.dtype(_MINDIR_DTYPES[data_type])
+    count = int(np.prod(dims)) if dims else 1
+    if count * dtype.itemsize != length:
+        raise ValueError(f"{location}: {length} bytes at offset {offset} do not hold {dims} of {dtype}")
+    array = np.empty(dims, dtype)
+    with open(folder / location, "rb") as fh:
+        fh.seek(offset)
+        if fh.readinto(memoryview(array).cast("B")) != length:
+            raise ValueError(f"{location}: the file ends before offset {offset} + {length}")
+    if data_type == _BFLOAT16:
+        return ms.Tensor((array.astype(np.uint32) << 16).view(np.float32), dtype=ms.bfloat16)
+    return ms.Tensor.from_numpy(array)
+
+
+def load_graph_cell(path: Path, expand: bool = False, workdir=None):
+    """``nn.GraphCell`` of the MindIR at ``path``; returns (cell, number of broadcast inputs expanded).
+
+    ``expand``: ``expand_mindir`` first (same values; for exports written without it). A split export
+    (``NAME_graph.mindir`` with its weights in ``NAME_variables/``, MindSpore's layout above 1 GB of
+    weights) is loaded without its weights, which are then read into the cell's parameters one at a time:
+    ``ms.load`` of such a graph holds the weights twice while it loads (a 6 GB UNet peaks at 12 GB), this
+    way the process holds them once (benchmarks/NOTES.md, "ms.load's transient")."""
+    import mindspore as ms
+    from mindspore import nn
+    from mindspore.train import mind_ir_pb2
+
+    variables = _variables_folder(path)
+    if not expand and variables is None:
+        return nn.GraphCell(ms.load(str(path))), 0
+    count, weights = 0, []
+    if workdir:
+        os.makedirs(workdir, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mindir-", dir=workdir) as tmp:
         target = Path(tmp) / path.name
-        if path.name.endswith("_graph.mindir"):
-            variables = path.parent / (path.name[:-len("_graph.mindir")] + "_variables")
-            if variables.is_dir():
-                os.symlink(variables.resolve(), Path(tmp) / variables.name)
-        count = expand_mindir(path, target)
-        return ms.load(str(target)), count
+        if expand:
+            count = expand_mindir(path, target)
+        if variables is not None:
+            model = mind_ir_pb2.ModelProto()
+            model.ParseFromString((target if expand else path).read_bytes())
+            weights = _take_external_weights(model)
+            target.write_bytes(model.SerializeToString())
+            del model
+        graph = ms.load(str(target))
+    cell = nn.GraphCell(graph)
+    params = cell.parameters_dict()
+    missing = sorted({w[0] for w in weights} - set(params))
+    if missing:
+        raise ValueError(f"{path}: the graph has no parameter named {missing[:3]}")
+    for name, dims, data_type, location, offset, length in weights:
+        params[name].set_data(_read_weight(path.parent, dims, data_type, location, offset, length))
+    return cell, count
 
 
 class MindSporeGraph:
-    """``ms.load`` + ``nn.GraphCell``; with ``expand=True`` the MindIR is first rewritten by
-    ``expand_broadcasts`` (same values, far less resident memory on the CPU)."""
+    """``load_graph_cell`` (``ms.load`` + ``nn.GraphCell``); with ``expand=True`` the MindIR is first
+    rewritten by ``expand_broadcasts`` (same values, far less resident memory on the CPU)."""
 
     def __init__(self, path: Path, expand: bool = False, workdir=None):
         import mindspore as ms
-        from mindspore import nn
 
         self.path = path
-        self.expanded = 0
-        if expand:
-            graph, self.expanded = load_expanded(path, workdir)
-        else:
-            graph = ms.load(str(path))
-        self.cell = nn.GraphCell(graph)
+        self.cell, self.expanded = load_graph_cell(path, expand, workdir)
         self._ms = ms
         self._lock = threading.Lock()  # one graph may serve several pipelines (MindSporeBackend.load)
 
@@ -151,10 +220,9 @@ def _file_version(path: Path) -> tuple:
     """What changes when an export is written again over the same path (files are replaced, not edited)."""
     st = path.stat()
     version = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
-    if path.name.endswith("_graph.mindir"):  # a split export's weights live in its variables folder
-        variables = path.parent / (path.name[:-len("_graph.mindir")] + "_variables")
-        if variables.is_dir():
-            version += tuple((f.name, f.stat().st_ino, f.stat().st_mtime_ns) for f in sorted(variables.iterdir()))
+    variables = _variables_folder(path)  # a split export's weights live in its variables folder
+    if variables is not None:
+        version += tuple((f.name, f.stat().st_ino, f.stat().st_mtime_ns) for f in sorted(variables.iterdir()))
     return version
 
 

@@ -34,8 +34,9 @@ class ExportedPipeline:
         self.manifest = export.manifest
         self.backend = backend
         self.graphs = {}
-        # the largest graph first: MindSpore's ms.load holds about twice the weights of the graph it is loading
-        # until it returns, and loaded first that transient does not come on top of the other graphs
+        # the largest graph first: MindSpore's ms.load of a single-file MindIR (under 1 GB of weights; larger
+        # graphs are split and read into the graph one weight at a time, backends.load_graph_cell) holds its
+        # weights twice until it returns, and loaded first that transient does not come on top of the others
         present = [name for name in self.graph_names if name in self.manifest["graphs"]]
         for name in sorted(present, key=self._graph_bytes, reverse=True):
             self.load_graph(name)

@@ -154,8 +154,8 @@ def test_onnxruntime_refuses_graphs_without_onnx(exports, tmp_path):
 
 
 def test_graphs_load_largest_first(exports):
-    """ms.load briefly holds twice the graph it loads: the largest goes first so that transient does not
-    stack on the graphs already loaded. self.graphs keeps the pipeline's own order."""
+    """ms.load of a single-file MindIR briefly holds twice the graph it loads: the largest goes first so that
+    transient does not stack on the graphs already loaded. self.graphs keeps the pipeline's own order."""
     from video_aot.runtime import backends
 
     inner = backends.make_backend("onnxruntime")  # cheap to load; the order is the pipeline's, not the backend's
