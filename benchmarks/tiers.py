@@ -58,16 +58,17 @@ def tier_shapes(tier: Tier, model: str) -> dict:
 
     TINY = tiny_models()
 
+    entry = TINY.get(tier.snapshot.format(model=model), {})
     shapes = dict(tier.shapes)
-    if not shapes:
-        preset = PRESET_DIR / model / "preset.json"
+    if not shapes:  # the preset the tier's snapshot is generated from (animatediff: animatediff-v1-5-2)
+        preset = PRESET_DIR / entry.get("base", model) / "preset.json"
         if not preset.is_file():
             raise ValueError(f"model {model!r} has no preset in {PRESET_DIR}; the full tier needs its default_shapes")
         default = json.loads(preset.read_text())["default_shapes"]
         shapes = {"frames": default["frames"], "height": default["height"], "width": default["width"],
                   "decode_chunk_size": default.get("decode_chunk_size", 8), "batch": 1}
     # a family whose frame arithmetic or decoding needs other settings says so in its snapshot's entry
-    shapes.update(TINY.get(tier.snapshot.format(model=model), {}).get("shapes", {}))
+    shapes.update(entry.get("shapes", {}))
     return shapes
 
 

@@ -174,3 +174,17 @@ def test_build_request_uses_each_pipelines_own_names():
     assert "num_frames" not in request and "image" not in request and request["output_type"] == "np"
     request = build_request(svd, {"num_frames": 4, "height": 64, "width": 64, "decode_chunk_size": 2}, steps=2)
     assert request["num_frames"] == 4 and "t0" not in request and "video_length" not in request
+
+
+def test_full_tier_reads_the_preset_its_snapshot_comes_from():
+    """A model named after its family (animatediff) takes its full-tier shapes from the preset its
+    full-<model> snapshot is generated from (animatediff-v1-5-2)."""
+    from video_aot.benchmarks.tiers import get_tier, tier_shapes
+    from video_aot.export.sources import PRESET_DIR
+
+    preset = json.loads((PRESET_DIR / "animatediff-v1-5-2" / "preset.json").read_text())["default_shapes"]
+    shapes = tier_shapes(get_tier("full"), "animatediff")
+    assert (shapes["frames"], shapes["height"], shapes["width"]) == (preset["frames"], preset["height"],
+                                                                     preset["width"])
+    with pytest.raises(ValueError, match="no preset"):
+        tier_shapes(get_tier("full"), "no-such-model")
