@@ -59,7 +59,7 @@ class StableVideoDiffusionPipeline(ExportedPipeline):
         # 2. encode the conditioning image (CLIP), with zeros as the unconditional embedding
         with self.timed("image_encode"):
             pixels = clip_image_inputs(images, self.manifest["feature_extractor"])
-            embeds = self.graphs["image_encoder"](pixels)[0]  # [N, D]
+            embeds = self._encode_images("image_encoder", pixels)  # [N, D]
         embeds = np.repeat(embeds, num_videos_per_prompt, axis=0)[:, None]  # [B, 1, D] (repeat-interleave)
         embeds = np.concatenate([np.zeros_like(embeds), embeds])  # [2B, 1, D]
 
@@ -68,7 +68,7 @@ class StableVideoDiffusionPipeline(ExportedPipeline):
         noise = rng.standard_normal(pixels.shape).astype(np.float32)
         pixels = pixels + np.float32(noise_aug_strength) * noise
         with self.timed("vae_encode"):
-            image_latents = self.graphs["vae_encoder"](pixels)[0]  # [N, C, h, w]
+            image_latents = self._encode_images("vae_encoder", pixels)  # [N, C, h, w]
         image_latents = np.tile(image_latents, (num_videos_per_prompt, 1, 1, 1))  # diffusers tiles here
         image_latents = np.concatenate([np.zeros_like(image_latents), image_latents])  # [2B, C, h, w]
 
@@ -107,6 +107,14 @@ class StableVideoDiffusionPipeline(ExportedPipeline):
         frames = frames.reshape((batch, num_frames) + frames.shape[1:]).transpose(0, 2, 1, 3, 4)  # [B, 3, F, H, W]
         video = postprocess_video(frames, output_type)
         return VideoOutput(frames=video) if return_dict else (video,)
+
+    def _encode_images(self, name, pixels):
+        """Image graph ``name`` on the N images. It was exported for the whole batch (images x
+        num_videos_per_prompt); fewer images are tiled to fill it and their own rows kept (each row is
+        encoded on its own)."""
+        n = pixels.shape[0]
+        reps = self.shapes["batch"] // n
+        return self.graphs[name](np.tile(pixels, (reps,) + (1,) * (pixels.ndim - 1)))[0][:n]
 
 
 FAMILY = FamilySpec(

@@ -24,6 +24,7 @@ SHAPES = {
     # name: (frames, height, width, decode_chunk_size, batch)
     "a": (5, 32, 48, 2, 1),
     "b": (3, 40, 24, None, 1),
+    "c": (2, 32, 32, None, 2),  # a batch of two: two images, or one with num_videos_per_prompt=2
 }
 
 
@@ -129,6 +130,25 @@ def test_pipeline_matches_diffusers(snapshot, pipelines, name, steps, guidance):
     expected = ref(Image.fromarray(image), latents=torch.tensor(latents), decode_chunk_size=chunk, **kwargs).frames
     ours = pipelines[name](Image.fromarray(image), latents=latents, **kwargs).frames
     assert ours.shape == (batch, frames, height, width, 3) and ours.dtype == np.float32
+    assert np.abs(ours - np.asarray(expected)).max() <= 1e-3
+
+
+@pytest.mark.parametrize("images,per_image", [(1, 2), (2, 1)])
+def test_batch_of_two_matches_diffusers(snapshot, pipelines, images, per_image):
+    """A batch-2 export serves two images, or one image with num_videos_per_prompt=2 (its image graphs,
+    exported for the whole batch, then get the one image filled out to the batch)."""
+    from PIL import Image
+
+    _, ref = snapshot
+    frames, height, width, chunk, batch = SHAPES["c"]
+    pictures = [Image.fromarray(_image(height, width, seed=10 + k)) for k in range(images)]
+    latents = np.random.default_rng(5).standard_normal((batch, frames, 4, height // 2, width // 2)).astype(np.float32)
+    kwargs = dict(height=height, width=width, num_frames=frames, num_inference_steps=2, min_guidance_scale=1.0,
+                  max_guidance_scale=2.0, noise_aug_strength=0.0, num_videos_per_prompt=per_image,
+                  output_type="np")
+    expected = ref(pictures, latents=torch.tensor(latents), decode_chunk_size=frames, **kwargs).frames
+    ours = pipelines["c"](pictures, latents=latents, **kwargs).frames
+    assert ours.shape == (batch, frames, height, width, 3)
     assert np.abs(ours - np.asarray(expected)).max() <= 1e-3
 
 
