@@ -140,7 +140,7 @@ class _CogVideoXBase(T5PromptMixin, ExportedPipeline):
                                               **extra)[0]
 
         return self.denoise(sched, plan, latents, predict, start=start, generator=rng, eta=eta,
-                            on_step=self.step_hook(callback_on_step_end))
+                            on_step=self.step_hook(callback_on_step_end, offset=start))
 
     def _check_call(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, height, width,
                     max_sequence_length, num_videos_per_prompt, num_inference_steps, callback_inputs):
@@ -211,6 +211,13 @@ class _CogVideoXBase(T5PromptMixin, ExportedPipeline):
         """video [B, 3, M, H, W] in [-1, 1] -> posterior sample [B, C, m, h, w] (diffusers'
         retrieve_latents(vae.encode(x), generator): mean + std * noise), batch by batch."""
         mean, logvar = np.split(self.encode_moments(video), 2, axis=1)
+        axes = self.manifest.latent_axes()
+        if mean.shape[3:] != (axes["H"], axes["W"]):
+            raise ShapeMismatch(
+                f"enable_tiling(): the tiled VAE encoder stitches this {video.shape[3]}x{video.shape[4]} (HxW) input "
+                f"into {mean.shape[3]}x{mean.shape[4]} latents, but this export denoises {axes['H']}x{axes['W']} "
+                "(diffusers' tiled encode gives the same size, and its pipeline fails on it too); call "
+                "disable_tiling() to encode this size whole")
         std = np.exp(F32(0.5) * np.clip(logvar, F32(-30.0), F32(20.0))).astype(F32)
         samples = []
         for b in range(mean.shape[0]):  # diffusers encodes (and samples) one video at a time

@@ -127,6 +127,49 @@ def test_v2v_matches_diffusers(snapshots, exports, monkeypatch, frames, schedule
     assert got.shape == np.asarray(expected).shape and err <= 1e-3, err
 
 
+def test_v2v_step_callback_counts_from_the_first_step_run(snapshots, exports, monkeypatch):
+    """diffusers numbers callback_on_step_end's i over the steps left after strength (0 first): a callback
+    acting at i == 0 acts on the first step run, as in diffusers."""
+    from PIL import Image
+
+    frames = T2V_FRAMES[0]
+    ref = _reference("v2v", snapshots, "dpm")
+    ours = load_pipeline(exports[("t2v", frames)], backend="mindspore", pipeline="video2video")
+    video = _video(frames)
+    seen = []
+
+    def callback(pipe, i, t, kwargs):
+        seen.append(i)
+        return {"latents": kwargs["latents"] * 0.5} if i == 0 else {}
+
+    kwargs = dict(COMMON, prompt=PROMPT, guidance_scale=3.0, strength=0.8, num_inference_steps=4,
+                  callback_on_step_end=callback)
+    shared_noise(monkeypatch, seed=14)
+    expected = np.asarray(ref(video=[Image.fromarray(f) for f in video], **kwargs).frames)
+    ref_steps, seen[:] = list(seen), []
+    got = ours(video=video, seed=14, scheduler="dpm", **kwargs).frames
+    assert seen == ref_steps == [0, 1, 2]  # 4 steps at strength 0.8: the last 3 run
+    err = np.abs(got - expected).max()
+    print("v2v callback", err)
+    assert err <= 1e-3, err
+
+
+def test_tiled_encode_to_another_latent_size_is_refused(tiled_export):
+    """diffusers' tiled encode of this 24x40 video stitches latents of another size than the export
+    denoises (diffusers' pipeline then fails on them too): V2V with tiling on says so and names
+    disable_tiling(); untiled it runs."""
+    pipe = load_pipeline(tiled_export, backend="mindspore", pipeline="video2video")
+    axes = pipe.manifest.latent_axes()
+    video = _video(17)
+    pipe.enable_tiling()
+    moments = pipe.encode_moments(np.zeros((1, 3, 17, HEIGHT, WIDTH), np.float32))
+    assert moments.shape[3:] != (axes["H"], axes["W"])  # else this test checks nothing
+    with pytest.raises(ShapeMismatch, match="disable_tiling"):
+        pipe(video=video, prompt=PROMPT, strength=0.7, **dict(COMMON, num_inference_steps=2))
+    pipe.disable_tiling()
+    assert pipe(video=video, prompt=PROMPT, strength=0.7, **dict(COMMON, num_inference_steps=2)).frames.shape[1] == 17
+
+
 def test_cogvideox_1_5_t2v_pads_latent_frames_like_diffusers(tmp_path, monkeypatch):
     """CogVideoX 1.5 (patch_size_t=2): 9 frames give 3 latent frames, padded to 4 for the transformer;
     the padding frame is dropped before decoding, as diffusers does."""
