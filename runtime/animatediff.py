@@ -271,6 +271,7 @@ class AnimateDiffVideoToVideoPipeline(_AnimateDiffPipeline):
         # 2. prepare timesteps: strength skips the start of the schedule (get_timesteps), or with
         #    enforce_inference_steps a longer schedule keeps its last num_inference_steps steps
         sched = self.make_scheduler(scheduler, scheduler_overrides)
+        requested_steps = num_inference_steps  # get_timesteps returns the steps left after strength
         if not enforce_inference_steps:
             plan = sched.set_timesteps(num_inference_steps)
             start, num_inference_steps = self.get_timesteps(plan, num_inference_steps, strength)
@@ -281,7 +282,7 @@ class AnimateDiffVideoToVideoPipeline(_AnimateDiffPipeline):
             plan = sched.set_timesteps(int(num_inference_steps / strength))
             start = max(len(plan.timesteps) - num_inference_steps, 0)
         if start >= len(plan.timesteps):
-            raise ValueError(f"strength={strength} with num_inference_steps={num_inference_steps} leaves no "
+            raise ValueError(f"strength={strength} with num_inference_steps={requested_steps} leaves no "
                              "denoising step; raise strength or the number of steps")
         latent_timestep = np.full((batch_size,), plan.timesteps[start])
 

@@ -86,7 +86,14 @@ def reinitialize(sched, plan, latents: np.ndarray, initial_noise: np.ndarray, co
     shape = latents.shape
     low_pass = freq_filter((1,) + tuple(shape[1:]), config.method, config.order, config.spatial_stop_frequency,
                            config.temporal_stop_frequency)
-    diffuse = np.full((shape[0],), sched.config.num_train_timesteps - 1, np.int64)
-    z_t = add_noise(plan, latents, initial_noise, timestep=diffuse).astype(np.float32)
+    last = sched.config.num_train_timesteps - 1
+    diffuse = np.full((shape[0],), last, np.int64)
+    try:
+        z_t = add_noise(plan, latents, initial_noise, timestep=diffuse).astype(np.float32)
+    except ValueError as err:  # Euler-style schedulers look the timestep up in their schedule (diffusers: IndexError)
+        raise ValueError(f"FreeInit noises each pass back to timestep {last}, which scheduler {sched.name!r} can "
+                         f"only do when {last} is one of its timesteps; the previous pass ran "
+                         f"{plan.timesteps.tolist()}. Use scheduler='ddim', or scheduler_overrides="
+                         "{'timestep_spacing': 'trailing'} (or 'linspace')") from err
     z_rand = generator.standard_normal(shape, dtype=np.float32)
     return apply_freq_filter(z_t, z_rand, low_pass)

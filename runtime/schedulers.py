@@ -1669,8 +1669,11 @@ def make_cogvideox_scheduler(config: Mapping[str, Any], name: Optional[str] = No
 
 
 def _index_for_timestep(plan: Plan, t: Any) -> int:
-    """diffusers' index_for_timestep: the second match if t occurs more than once, else the first."""
+    """diffusers' index_for_timestep: the second match if t occurs more than once, else the first;
+    DPMSolverMultistepScheduler takes the last step for a timestep its schedule does not hold."""
     matches = np.flatnonzero(plan.timesteps == t)
+    if len(matches) == 0 and isinstance(plan.scheduler, DPMSolverMultistep):
+        return len(plan.timesteps) - 1
     if len(matches) == 0:
         raise ValueError(f"Timestep {t!r} is not in plan.timesteps {plan.timesteps.tolist()}; pass one of "
                          "them, or step_index=.")

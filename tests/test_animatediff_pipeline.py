@@ -241,6 +241,44 @@ def test_free_init_matches_diffusers(snapshots, pipes, monkeypatch, fast, method
     assert float(np.abs(plain - ours).max()) > 1e-2
 
 
+def test_free_init_on_a_schedule_without_the_last_training_timestep(snapshots, pipes, monkeypatch):
+    """FreeInit noises each pass back to timestep 999. A "leading" DPM++ schedule does not hold it, and
+    diffusers' DPM++ then takes its last step's noise level: so does the runtime. Euler cannot (diffusers
+    fails with an IndexError); the runtime says what to change."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    frames, height, width, _ = SHAPES["mid"]
+    _, ref = snapshots["mid"]
+    latents = _latents("mid", seed=6)
+    options = dict(num_iters=2, use_fast_sampling=False, method="butterworth", order=4, spatial_stop_frequency=0.25,
+                   temporal_stop_frequency=0.25)
+    leading = {"timestep_spacing": "leading", "steps_offset": 1}
+    pipe = pipes["mid"]
+    pipe.enable_free_init(**options)
+    try:
+        ours = pipe(PROMPT, num_inference_steps=3, guidance_scale=7.5, latents=latents, seed=7, output_type="np",
+                    scheduler="dpm++", scheduler_overrides=leading).frames
+        with pytest.raises(ValueError, match="FreeInit noises each pass back to timestep 999"):
+            pipe(PROMPT, num_inference_steps=3, latents=latents, seed=7, output_type="np", scheduler="euler",
+                 scheduler_overrides=leading)
+    finally:
+        pipe.disable_free_init()
+    _numpy_noise(monkeypatch, 7)
+    reference = _reference(ref, "seed-ddim")
+    reference.scheduler = DPMSolverMultistepScheduler.from_config(ref.scheduler.config, **leading)
+    reference.enable_free_init(**options)
+    expected = reference(PROMPT, num_inference_steps=3, guidance_scale=7.5, num_frames=frames, height=height,
+                         width=width, latents=torch.from_numpy(latents), output_type="np").frames
+    assert_frames_match("animatediff FreeInit dpm++ leading", ours, expected)
+
+
+def test_video_to_video_names_the_steps_asked_for_when_strength_leaves_none(v2v):
+    frames, height, width, _ = SHAPES["mid"]
+    video = np.zeros((frames, height, width, 3), np.float32)
+    with pytest.raises(ValueError, match="strength=0.1 with num_inference_steps=2 leaves no denoising step"):
+        v2v(video=video, prompt=PROMPT, strength=0.1, num_inference_steps=2, output_type="np")
+
+
 def test_video_to_video_free_init_matches_diffusers(snapshots, v2v, monkeypatch):
     """diffusers' V2V re-applies strength to each FreeInit pass's schedule; so does the runtime."""
     from diffusers import AnimateDiffVideoToVideoPipeline

@@ -317,6 +317,23 @@ def test_add_noise_by_timestep_matches_diffusers_lookup(config, name):
         assert rel_err(x, ref.add_noise(torch.from_numpy(latents), torch.from_numpy(noise), t).numpy()) <= RTOL
 
 
+def test_dpm_add_noise_at_a_timestep_off_the_schedule_takes_the_last_step():
+    """diffusers' DPMSolverMultistepScheduler.index_for_timestep falls back to the last step for a timestep
+    its schedule does not hold (AnimateDiff's FreeInit noises to 999 on a "leading" schedule)."""
+    ours, ref = build(SD_CONFIG, "dpm++", {"timestep_spacing": "leading", "steps_offset": 1})
+    plan = ours.set_timesteps(4)
+    ref.set_timesteps(4)
+    assert 999 not in plan.timesteps.tolist()
+    rng = np.random.default_rng(12)
+    latents = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    noise = rng.standard_normal(latents.shape).astype(np.float32)
+    t = np.array([999, 999])
+    x = S.add_noise(plan, latents, noise, t)
+    x_ref = ref.add_noise(torch.from_numpy(latents), torch.from_numpy(noise), torch.from_numpy(t))
+    assert rel_err(x, x_ref.numpy()) <= RTOL
+    np.testing.assert_allclose(x, S.add_noise(plan, latents, noise, step_index=len(plan.timesteps) - 1))
+
+
 def test_names_and_config_errors_teach():
     assert isinstance(S.make_scheduler(SVD_CONFIG), S.EulerDiscrete)
     assert isinstance(S.make_scheduler(SVD_CONFIG, "DDIM"), S.DDIM)
