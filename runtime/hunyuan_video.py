@@ -150,8 +150,8 @@ class HunyuanVideoPipeline(ExportedPipeline):
     def _get_llama_prompt_embeds(self, prompt, prompt_template, num_videos_per_prompt, max_sequence_length):
         """(prompt_embeds [B * n, L, D], attention mask [B * n, L]) as diffusers' _get_llama_prompt_embeds."""
         tokenizer = self._tokenizer("tokenizer")
-        prompt = [prompt] if isinstance(prompt, str) else list(prompt)
-        prompt = [prompt_template["template"].format(p) for p in prompt]
+        raw = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompt = [prompt_template["template"].format(p) for p in raw]
         crop_start = prompt_template.get("crop_start", None)
         if crop_start is None:
             ids = tokenizer(prompt_template["template"], padding="max_length", return_tensors="np",
@@ -171,6 +171,13 @@ class HunyuanVideoPipeline(ExportedPipeline):
                            return_attention_mask=True)
         ids = np.asarray(inputs["input_ids"], np.int64)
         mask = np.asarray(inputs["attention_mask"], np.int64)
+        for text, row in zip(raw, mask):
+            if not row[crop_start:total].any():
+                raise ValueError(
+                    f"the prompt {text!r} in the prompt template is {int(row.sum())} tokens long with this tokenizer, "
+                    f"and the template's crop_start={crop_start} crops all of them: the transformer's token refiner "
+                    "would average over no token (diffusers returns NaN frames); use a longer prompt, or a template "
+                    "whose crop_start is the length of its own prefix in this tokenizer")
         if length > total:  # more right padding than diffusers: causal attention keeps rows < total unchanged
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
             ids = np.concatenate([ids, np.full((ids.shape[0], length - total), pad, np.int64)], 1)

@@ -351,6 +351,10 @@ def test_other_shapes_are_refused_listing_the_exported_ones(ours):
         ours(height=24, **kwargs)
     with pytest.raises(ValueError, match="attention_kwargs"):
         ours(attention_kwargs={"scale": 0.5}, **kwargs)
+    # with this tokenizer the default template's crop_start (95) leaves "" no token: diffusers' token refiner
+    # then averages over none and its frames are NaN
+    with pytest.raises(ValueError, match="crop_start=95 crops all of them"):
+        ours(**{**kwargs, "prompt": ""})
 
 
 def test_validate_request(ours):
