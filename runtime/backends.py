@@ -74,20 +74,32 @@ def expand_broadcasts(graph, prim: str) -> int:
     return count
 
 
-def expand_mindir(path: Path, target: Path) -> int:
-    """Read the MindIR at ``path``, ``expand_broadcasts`` in every graph of it and write it to ``target``
-    (which may be ``path``). Export does this once to each graph it writes (export/writer.py); loading an
-    export written without it can do it on the fly (``load_graph_cell``). Returns the number of inputs expanded."""
+def _read_model(path: Path):
     from mindspore.train import mind_ir_pb2
 
     model = mind_ir_pb2.ModelProto()
     model.ParseFromString(path.read_bytes())
+    return model
+
+
+def _expand_model(model) -> int:
+    """``expand_broadcasts`` in every graph of a MindIR ``ModelProto``; returns the inputs expanded."""
+    from mindspore.train import mind_ir_pb2
+
     prims = [p.name for p in model.primitives if p.op_type == "BroadcastTo"]
     if not prims:
         model.primitives.add(name="BroadcastTo:expand", op_type="BroadcastTo",
                              prim_type=mind_ir_pb2.PrimitiveProto.PRIMITIVE_FUNCTION)
         prims = ["BroadcastTo:expand"]
-    count = sum(expand_broadcasts(g, prims[0]) for g in [model.graph, *model.functions])
+    return sum(expand_broadcasts(g, prims[0]) for g in [model.graph, *model.functions])
+
+
+def expand_mindir(path: Path, target: Path) -> int:
+    """Read the MindIR at ``path``, ``expand_broadcasts`` in every graph of it and write it to ``target``
+    (which may be ``path``). Export does this once to each graph it writes (export/writer.py); loading an
+    export written without it can do it on the fly (``load_graph_cell``). Returns the number of inputs expanded."""
+    model = _read_model(path)
+    count = _expand_model(model)
     if count or target != path:
         data = model.SerializeToString()
         del model
@@ -159,24 +171,19 @@ def load_graph_cell(path: Path, expand: bool = False, workdir=None):
     way the process holds them once (benchmarks/NOTES.md, "ms.load's transient")."""
     import mindspore as ms
     from mindspore import nn
-    from mindspore.train import mind_ir_pb2
 
     variables = _variables_folder(path)
     if not expand and variables is None:
         return nn.GraphCell(ms.load(str(path))), 0
-    count, weights = 0, []
+    model = _read_model(path)  # parsed once for both rewrites
+    count = _expand_model(model) if expand else 0
+    weights = _take_external_weights(model) if variables is not None else []
     if workdir:
         os.makedirs(workdir, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mindir-", dir=workdir) as tmp:
         target = Path(tmp) / path.name
-        if expand:
-            count = expand_mindir(path, target)
-        if variables is not None:
-            model = mind_ir_pb2.ModelProto()
-            model.ParseFromString((target if expand else path).read_bytes())
-            weights = _take_external_weights(model)
-            target.write_bytes(model.SerializeToString())
-            del model
+        target.write_bytes(model.SerializeToString())
+        del model
         graph = ms.load(str(target))
     cell = nn.GraphCell(graph)
     params = cell.parameters_dict()

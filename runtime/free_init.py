@@ -81,7 +81,7 @@ def reinitialize(sched, plan, latents: np.ndarray, initial_noise: np.ndarray, co
     """diffusers' ``_apply_free_init`` for iteration > 0: noise the last pass's result to timestep
     num_train_timesteps - 1 with the first pass's noise, draw fresh noise [B, C, F, h, w] from the
     generator and mix them in the frequency domain."""
-    from .schedulers import add_noise
+    from .schedulers import TimestepNotInPlan, add_noise
 
     shape = latents.shape
     low_pass = freq_filter((1,) + tuple(shape[1:]), config.method, config.order, config.spatial_stop_frequency,
@@ -90,7 +90,7 @@ def reinitialize(sched, plan, latents: np.ndarray, initial_noise: np.ndarray, co
     diffuse = np.full((shape[0],), last, np.int64)
     try:
         z_t = add_noise(plan, latents, initial_noise, timestep=diffuse).astype(np.float32)
-    except ValueError as err:  # Euler-style schedulers look the timestep up in their schedule (diffusers: IndexError)
+    except TimestepNotInPlan as err:  # Euler-style schedulers look the timestep up in their schedule
         raise ValueError(f"FreeInit noises each pass back to timestep {last}, which scheduler {sched.name!r} can "
                          f"only do when {last} is one of its timesteps; the previous pass ran "
                          f"{plan.timesteps.tolist()}. Use scheduler='ddim', or scheduler_overrides="

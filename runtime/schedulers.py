@@ -1668,6 +1668,10 @@ def make_cogvideox_scheduler(config: Mapping[str, Any], name: Optional[str] = No
 # ----------------------------------------------------------------------------------------------
 
 
+class TimestepNotInPlan(ValueError):
+    """A timestep looked up in a schedule that does not hold it (diffusers: IndexError)."""
+
+
 def _index_for_timestep(plan: Plan, t: Any) -> int:
     """diffusers' index_for_timestep: the second match if t occurs more than once, else the first;
     DPMSolverMultistepScheduler takes the last step for a timestep its schedule does not hold."""
@@ -1675,7 +1679,7 @@ def _index_for_timestep(plan: Plan, t: Any) -> int:
     if len(matches) == 0 and isinstance(plan.scheduler, DPMSolverMultistep):
         return len(plan.timesteps) - 1
     if len(matches) == 0:
-        raise ValueError(f"Timestep {t!r} is not in plan.timesteps {plan.timesteps.tolist()}; pass one of "
+        raise TimestepNotInPlan(f"Timestep {t!r} is not in plan.timesteps {plan.timesteps.tolist()}; pass one of "
                          "them, or step_index=.")
     return int(matches[1] if len(matches) > 1 else matches[0])
 

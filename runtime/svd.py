@@ -59,7 +59,7 @@ class StableVideoDiffusionPipeline(ExportedPipeline):
         # 2. encode the conditioning image (CLIP), with zeros as the unconditional embedding
         with self.timed("image_encode"):
             pixels = clip_image_inputs(images, self.manifest["feature_extractor"])
-            embeds = self._encode_images("image_encoder", pixels)  # [N, D]
+            embeds = self._encode_images("image_encoder", pixels, num_videos_per_prompt)  # [N, D]
         embeds = np.repeat(embeds, num_videos_per_prompt, axis=0)[:, None]  # [B, 1, D] (repeat-interleave)
         embeds = np.concatenate([np.zeros_like(embeds), embeds])  # [2B, 1, D]
 
@@ -68,7 +68,7 @@ class StableVideoDiffusionPipeline(ExportedPipeline):
         noise = rng.standard_normal(pixels.shape).astype(np.float32)
         pixels = pixels + np.float32(noise_aug_strength) * noise
         with self.timed("vae_encode"):
-            image_latents = self._encode_images("vae_encoder", pixels)  # [N, C, h, w]
+            image_latents = self._encode_images("vae_encoder", pixels, num_videos_per_prompt)  # [N, C, h, w]
         image_latents = np.tile(image_latents, (num_videos_per_prompt, 1, 1, 1))  # diffusers tiles here
         image_latents = np.concatenate([np.zeros_like(image_latents), image_latents])  # [2B, C, h, w]
 
@@ -108,13 +108,11 @@ class StableVideoDiffusionPipeline(ExportedPipeline):
         video = postprocess_video(frames, output_type)
         return VideoOutput(frames=video) if return_dict else (video,)
 
-    def _encode_images(self, name, pixels):
-        """Image graph ``name`` on the N images. It was exported for the whole batch (images x
-        num_videos_per_prompt); fewer images are tiled to fill it and their own rows kept (each row is
-        encoded on its own)."""
-        n = pixels.shape[0]
-        reps = self.shapes["batch"] // n
-        return self.graphs[name](np.tile(pixels, (reps,) + (1,) * (pixels.ndim - 1)))[0][:n]
+    def _encode_images(self, name, pixels, copies: int):
+        """Image graph ``name`` on the N images. It was exported for the whole batch (N x
+        num_videos_per_prompt = ``copies``), so the images are tiled to fill it and their own rows kept
+        (each row is encoded on its own)."""
+        return self.graphs[name](np.tile(pixels, (copies,) + (1,) * (pixels.ndim - 1)))[0][:pixels.shape[0]]
 
 
 FAMILY = FamilySpec(
